@@ -1,0 +1,486 @@
+"""The referential drawing game as a batched torch core: sampling, rendering and scoring.
+
+One implementation of the rules (SPEC §1), used by the self-play trainer directly and by the
+PettingZoo env (one game per episode). Games come in blocks: the `G` games of a block share
+one pool of `C` candidates and every candidate is the target of exactly one game (`G == C`),
+so a model encodes each candidate once per block, as in the paper's batching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sketchenv.raster import COMPOSITES, KERNELS, render_strokes, to_rgb
+
+GAMES = ("original", "oo-same", "oo-different")
+
+
+@dataclass
+class GameBatch:
+    """`B` blocks of `G` games sharing `C` candidates per block (images float in [0, 1])."""
+
+    sender_images: Tensor  # [B, G, 3, H, W]
+    candidates: Tensor  # [B, C, 3, H, W]
+    targets: Tensor  # [B, G] long, index into C
+    sender_labels: Tensor  # [B, G] long
+    candidate_labels: Tensor  # [B, C] long
+    sender_ids: Tensor  # [B, G] long, dataset indices
+    candidate_ids: Tensor  # [B, C] long, dataset indices
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GameBatch:
+        """Move every tensor to `device`; tensors shared between fields stay shared."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> GameBatch:
+        """Copy into page-locked memory so that `.to("cuda", non_blocking=True)` overlaps."""
+        return self._apply(Tensor.pin_memory)
+
+    def select_games(self, games: Sequence[int] | Tensor) -> GameBatch:
+        """Keep only some games of every block (all candidates stay), e.g. one game per env episode."""
+        index = torch.as_tensor(games, dtype=torch.long)
+        return GameBatch(
+            sender_images=self.sender_images[:, index],
+            candidates=self.candidates,
+            targets=self.targets[:, index],
+            sender_labels=self.sender_labels[:, index],
+            candidate_labels=self.candidate_labels,
+            sender_ids=self.sender_ids[:, index],
+            candidate_ids=self.candidate_ids,
+        )
+
+    def _apply(self, fn) -> GameBatch:
+        done: dict[int, Tensor] = {}
+        for f in fields(self):
+            tensor = getattr(self, f.name)
+            if id(tensor) not in done:
+                done[id(tensor)] = fn(tensor)
+        return GameBatch(**{f.name: done[id(getattr(self, f.name))] for f in fields(self)})
+
+
+class SketchGame:
+    """Samples blocks of games from a dataset, renders sketches and scores the receiver's choices.
+
+    `dataset` is any torch Dataset of `(image [3, H, W] float in [0, 1], label)`; a `labels`
+    (or torchvision-style `targets`) attribute avoids reading every image at start-up.
+    Images are kept in memory as 8-bit (the env's observation format), filled as they are
+    first read, when the whole dataset takes at most `cache_bytes`; `preload=True` reads them
+    all at once. 8-bit quantisation is applied with or without the cache, so games never
+    depend on memory settings. Randomness comes from `generator` arguments or, when they are
+    omitted, from the game's own generator seeded by `seed`; batches are on the CPU (pinned
+    when `pin_memory`, by default when CUDA is available) - move them with `batch.to(device)`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        game: str = "original",
+        *,
+        n_distractors: int | None = None,
+        n_lines: int = 20,
+        sigma2: float = 5e-4,
+        kernel: str = "exp",
+        composite: str = "softor",
+        invert: bool = True,
+        seed: int = 0,
+        cache_bytes: int = 2**31,
+        preload: bool = False,
+        pin_memory: bool | None = None,
+    ):
+        if game not in GAMES:
+            raise ValueError(f"unknown game {game!r}; choose one of {', '.join(GAMES)}")
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        if composite not in COMPOSITES:
+            raise ValueError(
+                f"unknown composite {composite!r}; choose one of {', '.join(COMPOSITES)}"
+            )
+        if not _is_int(n_lines) or n_lines < 1:
+            raise ValueError(f"n_lines must be a positive integer, got {n_lines!r}")
+        if not isinstance(sigma2, (int, float)) or not sigma2 > 0 or math.isinf(sigma2):
+            raise ValueError(f"sigma2 must be a positive number, got {sigma2!r}")
+        if isinstance(dataset, (str, bytes)) or not (
+            hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+        ):
+            raise TypeError(
+                f"dataset must be a torch Dataset of (image, label), got {type(dataset).__name__}; "
+                "build one by name with sketchenv.datasets.make_dataset(...)"
+            )
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+
+        self.dataset = dataset
+        self.game = game
+        self.n_lines = int(n_lines)
+        self.sigma2 = float(sigma2)
+        self.kernel = kernel
+        self.composite = composite
+        self.invert = bool(invert)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.generator = torch.Generator().manual_seed(seed)
+
+        first = _to_uint8(dataset[0][0], 0)
+        self.image_size: tuple[int, int] = (first.shape[1], first.shape[2])
+        n_items = len(dataset)
+        self._use_cache = n_items * first.numel() <= cache_bytes
+        self._reset_cache()
+        self.labels = self._read_labels()
+        classes = getattr(dataset, "classes", None)
+        self.n_classes = len(classes) if classes is not None else int(self.labels.max()) + 1
+        if self.labels.min() < 0 or self.labels.max() >= self.n_classes:
+            raise ValueError(
+                f"dataset labels must lie in [0, {self.n_classes}) (one per class in "
+                f"dataset.classes), found [{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+        # Dataset indices grouped by class: members[offsets[c] : offsets[c] + counts[c]].
+        self._members = torch.argsort(self.labels, stable=True)
+        self._counts = torch.bincount(self.labels, minlength=self.n_classes)
+        self._offsets = torch.cumsum(self._counts, 0) - self._counts
+        self._rank = torch.empty_like(self._members)  # position of each index within its class
+        self._rank[self._members] = (
+            torch.arange(n_items) - self._offsets[self.labels[self._members]]
+        )
+
+        self.n_distractors = self._check_n_distractors(n_distractors)
+        self.n_candidates = self.n_distractors + 1
+        if preload and self._use_cache:
+            self._images(torch.arange(n_items))
+
+    # ----- sampling -------------------------------------------------------------------------
+    def sample(self, n_blocks: int, generator: torch.Generator | None = None) -> GameBatch:
+        """Draw `n_blocks` independent random blocks of games."""
+        g = self._generator(generator)
+        if not _is_int(n_blocks) or n_blocks < 1:
+            raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
+        if self.game == "original":
+            n_items = len(self.labels)
+            blocks = [
+                torch.randperm(n_items, generator=g)[: self.n_candidates] for _ in range(n_blocks)
+            ]
+            candidate_ids = torch.stack(blocks)
+        else:
+            classes = self._draw_classes(n_blocks, g)
+            within = _uniform_below(self._counts[classes], g)
+            candidate_ids = self._members[self._offsets[classes] + within]
+        sender_ids = self._sender_ids(candidate_ids, g)
+        return self._batch(sender_ids, candidate_ids, self._all_targets(n_blocks))
+
+    def sample_game(self, generator: torch.Generator | None = None) -> GameBatch:
+        """One game: a random game of a random block (`B = G = 1`, `C` candidates)."""
+        g = self._generator(generator)
+        block = self.sample(1, g)
+        game = int(torch.randint(self.n_candidates, (1,), generator=g))
+        return block.select_games([game])
+
+    def epoch(
+        self, blocks_per_batch: int, generator: torch.Generator | None = None
+    ) -> Iterator[GameBatch]:
+        """About one pass over the dataset in batches of `blocks_per_batch` blocks.
+
+        `original`: a shuffled permutation cut into blocks (every image is a candidate and a
+        target once; the remainder that does not fill a block is left out). OO games: per-class
+        shuffled queues give one image per chosen class per block (classes re-shuffled when
+        exhausted), `len(dataset) // n_candidates` blocks. All random draws happen when this is
+        called, so interleaving with `sample` stays deterministic.
+        """
+        g = self._generator(generator)
+        if not _is_int(blocks_per_batch) or blocks_per_batch < 1:
+            raise ValueError(
+                f"blocks_per_batch must be a positive integer, got {blocks_per_batch!r}"
+            )
+        n_blocks = self.blocks_per_epoch
+        if self.game == "original":
+            candidate_ids = torch.randperm(len(self.labels), generator=g)
+            candidate_ids = candidate_ids[: n_blocks * self.n_candidates].view(n_blocks, -1)
+        else:
+            candidate_ids = self._draw_from_queues(self._draw_classes(n_blocks, g), g)
+        sender_ids = self._sender_ids(candidate_ids, g)
+        return self._batches(sender_ids, candidate_ids, blocks_per_batch)
+
+    @property
+    def blocks_per_epoch(self) -> int:
+        """Number of blocks `epoch` yields (batches: ceil(blocks_per_epoch / blocks_per_batch))."""
+        return len(self.labels) // self.n_candidates
+
+    # ----- rendering and scoring ------------------------------------------------------------
+    def render(self, strokes: Tensor) -> Tensor:
+        """Strokes `[..., n_lines, 4]` in [-1, 1] -> RGB sketches `[..., 3, H, W]`, differentiably."""
+        if not isinstance(strokes, Tensor) or not strokes.is_floating_point():
+            raise TypeError(f"strokes must be a floating-point tensor, got {_describe(strokes)}")
+        if strokes.dim() < 2 or tuple(strokes.shape[-2:]) != (self.n_lines, 4):
+            raise ValueError(
+                f"strokes must have shape [..., {self.n_lines}, 4] (n_lines strokes of x0, y0, x1, y1), "
+                f"got {list(strokes.shape)}"
+            )
+        sketch = render_strokes(
+            strokes,
+            self.image_size,
+            sigma2=self.sigma2,
+            kernel=self.kernel,
+            composite=self.composite,
+            invert=self.invert,
+        )
+        return to_rgb(sketch)
+
+    def choose(self, scores: Tensor) -> Tensor:
+        """The receiver's picks: argmax over candidates, `[B, G, C] -> [B, G]`."""
+        if (
+            not isinstance(scores, Tensor)
+            or scores.dim() < 1
+            or scores.shape[-1] != self.n_candidates
+        ):
+            raise ValueError(
+                f"scores must be a tensor [..., {self.n_candidates}] (one per candidate), "
+                f"got {_describe(scores)}"
+            )
+        return scores.argmax(dim=-1)
+
+    def score(self, choices: Tensor, batch: GameBatch) -> dict[str, float]:
+        """Communication rate (target picked) and class rate (picked image has the target's class)."""
+        if (
+            not isinstance(choices, Tensor)
+            or choices.dtype.is_floating_point
+            or choices.dtype == torch.bool
+        ):
+            raise TypeError(
+                f"choices must be an integer tensor of candidate indices, got {_describe(choices)}"
+            )
+        if choices.shape != batch.targets.shape:
+            raise ValueError(
+                f"choices must have the targets' shape {list(batch.targets.shape)} ([B, G]), "
+                f"got {list(choices.shape)}"
+            )
+        choices = choices.to(batch.targets.device, torch.long)
+        n_candidates = batch.candidate_ids.shape[1]
+        if choices.numel() and (choices.min() < 0 or choices.max() >= n_candidates):
+            raise ValueError(
+                f"choices must lie in [0, {n_candidates}), got [{int(choices.min())}, {int(choices.max())}]"
+            )
+        picked = batch.candidate_labels.gather(1, choices)
+        target_labels = batch.candidate_labels.gather(1, batch.targets)
+        return {
+            "comm_rate": (choices == batch.targets).float().mean().item(),
+            "class_rate": (picked == target_labels).float().mean().item(),
+        }
+
+    # ----- internals ------------------------------------------------------------------------
+    def _check_n_distractors(self, n_distractors: int | None) -> int:
+        original = self.game == "original"
+        if n_distractors is None:
+            n_distractors = 99 if original else self.n_classes - 1
+        if not _is_int(n_distractors) or n_distractors < 1:
+            raise ValueError(f"n_distractors must be a positive integer, got {n_distractors!r}")
+        n_candidates = n_distractors + 1
+        if original and n_candidates > len(self.labels):
+            raise ValueError(
+                f"the original game needs n_distractors + 1 <= dataset size; got {n_distractors} "
+                f"distractors for {len(self.labels)} images: lower n_distractors"
+            )
+        if not original:
+            if n_candidates > self.n_classes:
+                raise ValueError(
+                    f"{self.game} needs one candidate per class, so n_distractors + 1 <= "
+                    f"{self.n_classes} classes; got n_distractors={n_distractors}"
+                )
+            needed = 2 if self.game == "oo-different" else 1
+            short = (self._counts < needed).nonzero().flatten().tolist()
+            if short:
+                names = getattr(self.dataset, "classes", None) or list(range(self.n_classes))
+                listed = ", ".join(str(names[c]) for c in short[:10]) + (
+                    " ..." if len(short) > 10 else ""
+                )
+                raise ValueError(
+                    f"{self.game} needs at least {needed} image(s) in every class; "
+                    f"{len(short)} class(es) have fewer: {listed}. Use a dataset/split with them "
+                    "or the original game"
+                )
+        return int(n_distractors)
+
+    def _generator(self, generator: torch.Generator | None) -> torch.Generator:
+        if generator is None:
+            return self.generator
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise TypeError(
+                "generator must be a CPU torch.Generator (batches are sampled on the CPU)"
+            )
+        return generator
+
+    def _draw_classes(self, n_blocks: int, g: torch.Generator) -> Tensor:
+        """`[n_blocks, C]` distinct classes per block, in random order."""
+        return torch.stack(
+            [
+                torch.randperm(self.n_classes, generator=g)[: self.n_candidates]
+                for _ in range(n_blocks)
+            ]
+        )
+
+    def _draw_from_queues(self, classes: Tensor, g: torch.Generator) -> Tensor:
+        """One image per (block, class) slot, each class served from its own shuffled queue."""
+        flat = classes.flatten()
+        ids = torch.empty_like(flat)
+        for c in range(self.n_classes):
+            slots = (flat == c).nonzero().flatten()
+            if len(slots) == 0:
+                continue
+            count = int(self._counts[c])
+            members = self._members[self._offsets[c] : self._offsets[c] + count]
+            n_rounds = math.ceil(len(slots) / count)
+            queue = torch.cat(
+                [members[torch.randperm(count, generator=g)] for _ in range(n_rounds)]
+            )
+            ids[slots] = queue[: len(slots)]
+        return ids.view_as(classes)
+
+    def _sender_ids(self, candidate_ids: Tensor, g: torch.Generator) -> Tensor:
+        """Game j's sender image: candidate j, or (oo-different) another image of its class."""
+        if self.game != "oo-different":
+            return candidate_ids
+        labels = self.labels[candidate_ids]
+        other = _uniform_below(self._counts[labels] - 1, g)
+        other += (other >= self._rank[candidate_ids]).long()  # skip the candidate itself
+        return self._members[self._offsets[labels] + other]
+
+    def _all_targets(self, n_blocks: int) -> Tensor:
+        return torch.arange(self.n_candidates).repeat(n_blocks, 1)
+
+    def _batches(self, sender_ids: Tensor, candidate_ids: Tensor, blocks_per_batch: int):
+        for start in range(0, len(candidate_ids), blocks_per_batch):
+            stop = start + blocks_per_batch
+            yield self._batch(
+                sender_ids[start:stop],
+                candidate_ids[start:stop],
+                self._all_targets(len(candidate_ids[start:stop])),
+            )
+
+    def _batch(self, sender_ids: Tensor, candidate_ids: Tensor, targets: Tensor) -> GameBatch:
+        candidates = self._float_images(candidate_ids)
+        if sender_ids is candidate_ids:
+            sender_images = candidates  # paper batching: the candidates are the senders' images
+        else:
+            sender_images = self._float_images(sender_ids)
+        return GameBatch(
+            sender_images=sender_images,
+            candidates=candidates,
+            targets=targets,
+            sender_labels=self.labels[sender_ids],
+            candidate_labels=self.labels[candidate_ids],
+            sender_ids=sender_ids,
+            candidate_ids=candidate_ids,
+        )
+
+    def _float_images(self, ids: Tensor) -> Tensor:
+        images = self._images(ids).float().div_(255)
+        return images.pin_memory() if self.pin_memory else images
+
+    def _images(self, ids: Tensor) -> Tensor:
+        """uint8 images `[*ids.shape, 3, H, W]`, read through the cache when it is enabled."""
+        flat = ids.flatten()
+        if not self._use_cache:
+            images = self._load(flat)
+        else:
+            missing = flat[~self._cached[flat]].unique()
+            if len(missing):
+                self._cache[missing] = self._load(missing)
+                self._cached[missing] = True
+            images = self._cache[flat]
+        return images.view(*ids.shape, 3, *self.image_size)
+
+    def _load(self, ids: Tensor) -> Tensor:
+        return torch.stack([self._load_item(int(i))[0] for i in ids])
+
+    def _load_item(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.dataset[index]
+        image = _to_uint8(image, index)
+        if tuple(image.shape[1:]) != self.image_size:
+            raise ValueError(
+                f"all dataset images must have one size; item 0 is {self.image_size}, item {index} "
+                f"is {tuple(image.shape[1:])}: resize them in the dataset (e.g. image_size=...)"
+            )
+        return image, int(label)
+
+    def _read_labels(self) -> Tensor:
+        labels = getattr(self.dataset, "labels", None)
+        if labels is None:
+            labels = getattr(self.dataset, "targets", None)
+        if labels is None:  # read every item once, keeping the images when they are cached
+            items = [self._load_item(i) for i in range(len(self.dataset))]
+            if self._use_cache:
+                self._cache[:] = torch.stack([image for image, _ in items])
+                self._cached[:] = True
+            labels = [label for _, label in items]
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).flatten()
+        if len(labels) != len(self.dataset):
+            raise ValueError(
+                f"dataset.labels has {len(labels)} entries for {len(self.dataset)} items"
+            )
+        return labels
+
+    def _reset_cache(self) -> None:
+        n_items = len(self.dataset)
+        shape = (n_items, 3, *self.image_size) if self._use_cache else (0, 3, *self.image_size)
+        self._cache = torch.empty(shape, dtype=torch.uint8)
+        self._cached = torch.zeros(n_items if self._use_cache else 0, dtype=torch.bool)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_cache"], state["_cached"]  # cheap to refill, possibly gigabytes to pickle
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+
+def _to_uint8(image, index: int) -> Tensor:
+    """A dataset image (float tensor in [0, 1], uint8 tensor or PIL image) as uint8 [3, H, W]."""
+    if not isinstance(image, Tensor):
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"dataset item {index}: the image must be a tensor [3, H, W] or a PIL image, "
+                f"got {type(image).__name__} (add transforms.ToTensor() to the dataset)"
+            )
+        image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(
+            f"dataset item {index}: the image must be [3, H, W] (or [1, H, W] / [H, W] grey), "
+            f"got shape {list(image.shape)}"
+        )
+    image = image.expand(3, -1, -1)
+    if image.dtype == torch.uint8:
+        return image.contiguous()
+    if not image.is_floating_point():
+        raise TypeError(
+            f"dataset item {index}: images must be float in [0, 1] or uint8, got {image.dtype}"
+        )
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1 + 1e-3 or math.isnan(low + high):
+        raise ValueError(
+            f"dataset item {index}: float images must lie in [0, 1], found [{low:.3g}, {high:.3g}]; "
+            "remove any Normalize transform (backbones normalise themselves)"
+        )
+    return image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
+    """Independent uniform integers in [0, counts) elementwise."""
+    u = torch.rand(counts.shape, generator=g, dtype=torch.float64)
+    return (u * counts).long().minimum(counts - 1)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {list(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
