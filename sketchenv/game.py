@@ -391,7 +391,18 @@ class SketchGame:
         return images.view(*ids.shape, 3, *self.image_size)
 
     def _load(self, ids: Tensor) -> Tensor:
-        return torch.stack([self._load_item(int(i))[0] for i in ids])
+        """uint8 images of items `ids`, in one call when the dataset has `images(indices)`."""
+        read_many = getattr(self.dataset, "images", None)
+        if not callable(read_many):
+            return torch.stack([self._load_item(int(i))[0] for i in ids])
+        images = read_many(ids)
+        expected = (len(ids), 3, *self.image_size)
+        if not isinstance(images, Tensor) or tuple(images.shape) != expected:
+            raise ValueError(
+                f"dataset.images(indices) must return a tensor of shape {list(expected)}, "
+                f"got {_describe(images)}"
+            )
+        return _quantise(images, "dataset.images(...)")
 
     def _load_item(self, index: int) -> tuple[Tensor, int]:
         image, label = self.dataset[index]
@@ -454,20 +465,22 @@ def _to_uint8(image, index: int) -> Tensor:
             f"dataset item {index}: the image must be [3, H, W] (or [1, H, W] / [H, W] grey), "
             f"got shape {list(image.shape)}"
         )
-    image = image.expand(3, -1, -1)
-    if image.dtype == torch.uint8:
-        return image.contiguous()
-    if not image.is_floating_point():
-        raise TypeError(
-            f"dataset item {index}: images must be float in [0, 1] or uint8, got {image.dtype}"
-        )
-    low, high = float(image.min()), float(image.max())
+    return _quantise(image.expand(3, -1, -1), f"dataset item {index}")
+
+
+def _quantise(images: Tensor, where: str) -> Tensor:
+    """Float images in [0, 1] (or uint8) -> uint8, rounding to the nearest of 256 levels."""
+    if images.dtype == torch.uint8:
+        return images.contiguous()
+    if not images.is_floating_point():
+        raise TypeError(f"{where}: images must be float in [0, 1] or uint8, got {images.dtype}")
+    low, high = float(images.min()), float(images.max())
     if low < -1e-3 or high > 1 + 1e-3 or math.isnan(low + high):
         raise ValueError(
-            f"dataset item {index}: float images must lie in [0, 1], found [{low:.3g}, {high:.3g}]; "
+            f"{where}: float images must lie in [0, 1], found [{low:.3g}, {high:.3g}]; "
             "remove any Normalize transform (backbones normalise themselves)"
         )
-    return image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:

@@ -315,3 +315,18 @@ def test_bad_dataset_images_give_clear_errors():
         SketchGame(Mixed(), "oo-same", preload=True)
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         SketchGame([(torch.zeros(4, 8, 8), 0)], "original")
+
+
+def test_datasets_with_a_batch_path_are_read_through_it():
+    class Batched(ToyImages):
+        batch_calls = 0
+
+        def images(self, indices):
+            self.batch_calls += 1
+            return torch.stack([ToyImages.__getitem__(self, int(i))[0] for i in indices])
+
+    batched = Batched()
+    a = SketchGame(batched, "oo-different", seed=2).sample(3)
+    b = SketchGame(ToyImages(), "oo-different", seed=2).sample(3)
+    assert batched.batch_calls == 2  # candidates, then the other images of their classes
+    assert torch.equal(a.candidates, b.candidates) and torch.equal(a.sender_images, b.sender_images)
