@@ -1,0 +1,97 @@
+"""CIFAR-10 (32 px, 10 classes): train is the 50,000 training images minus 5,000 held
+out for validation (500 per class, chosen by `seed`); test is the official 10,000.
+
+The python-pickle batches are read here directly; torchvision's file list, URL and
+checksums drive the download. `cifar100.py` reuses `load_cifar`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import download_and_extract_archive
+
+from .common import (
+    ArrayImages,
+    check_image_size,
+    check_split,
+    download_hint,
+    fetch,
+    not_found,
+    train_or_val,
+)
+
+IMAGE_SIZE = 32
+VAL_FRACTION = 0.1  # 5,000 of the 50,000 training images
+
+
+def load(
+    split: str = "train",
+    *,
+    image_size: int | None = None,
+    root: str = "./data",
+    download: bool = False,
+    seed: int = 0,
+) -> ArrayImages:
+    """CIFAR-10 `split` from `root/cifar-10-batches-py`."""
+    return load_cifar(
+        CIFAR10, "CIFAR-10", split, image_size=image_size, root=root, download=download, seed=seed
+    )
+
+
+def load_cifar(
+    spec: type[CIFAR10],
+    name: str,
+    split: str,
+    *,
+    image_size: int | None,
+    root: str,
+    download: bool,
+    seed: int,
+) -> ArrayImages:
+    """Load a CIFAR variant described by torchvision's class `spec` (files, meta, URL)."""
+    check_split(split, name)
+    image_size = check_image_size(image_size, IMAGE_SIZE)
+    folder = Path(root) / spec.base_folder
+    files = [entry[0] for entry in spec.train_list + spec.test_list] + [spec.meta["filename"]]
+    missing = [file for file in files if not (folder / file).is_file()]
+    if missing and download:
+        fetch(
+            lambda: download_and_extract_archive(
+                spec.url, root, filename=spec.filename, md5=spec.tgz_md5
+            ),
+            name,
+            spec.url,
+        )
+        missing = [file for file in files if not (folder / file).is_file()]
+    if missing:
+        raise not_found(name, folder, missing, download_hint(spec.url))
+
+    batches = spec.test_list if split == "test" else spec.train_list
+    images, labels = _read_batches([folder / entry[0] for entry in batches])
+    classes = _unpickle(folder / spec.meta["filename"])[spec.meta["key"]]
+    rows = list(range(len(labels)))
+    if split != "test":
+        rows = train_or_val(labels, split, round(len(labels) * VAL_FRACTION), seed)
+    return ArrayImages(images, rows, labels[rows], classes, image_size)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="latin1")
+
+
+def _read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Images `[N, 3, 32, 32]` uint8 and labels `[N]` from CIFAR pickle batches."""
+    images, labels = [], []
+    for path in paths:
+        batch = _unpickle(path)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072]")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64)
