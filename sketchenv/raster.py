@@ -69,7 +69,7 @@ def render_strokes(
 
     batch_shape, n_strokes = strokes.shape[:-2], strokes.shape[-2]
     compute_dtype = torch.float64 if strokes.dtype == torch.float64 else torch.float32
-    flat = strokes.reshape(-1, n_strokes, 4).to(compute_dtype)
+    flat = strokes.reshape(math.prod(batch_shape), n_strokes, 4).to(compute_dtype)
     params = (height, width, sigma2, kernel, "max" if composite == "max" else "softor", invert)
     _log_path_once(flat.device.type)
     out = _DenseChunkedRaster.apply(flat, params)
@@ -146,19 +146,24 @@ def _log_path_once(device_type: str) -> None:
 
 
 def _stroke_geometry(strokes: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, ...]:
-    """Per (sketch, stroke, pixel): t, the offset e = p - closest point, and d²."""
+    """Per (sketch, stroke, pixel): t, the offset e = p - closest point, and d² = |e|².
+
+    Where the closest point is inside the stroke, e is computed as the exact perpendicular
+    (via the cross product), not as u - t d: the rounding error of t would otherwise leave a
+    component of e along the stroke that biases gradients summed over many pixels.
+    """
     x0, y0, x1, y1 = (c[..., None, None] for c in strokes.unbind(-1))
     dx, dy = x1 - x0, y1 - y0
     length2 = dx * dx + dy * dy
     ux, uy = px - x0, py - y0
     nonzero = length2 > 0
-    t = torch.where(
-        nonzero,
-        ((ux * dx + uy * dy) / torch.where(nonzero, length2, 1.0)).clamp_(0, 1),
-        0.5,
-    )
-    ex = ux - t * dx
-    ey = uy - t * dy
+    safe_length2 = torch.where(nonzero, length2, 1.0)
+    t_raw = (ux * dx + uy * dy) / safe_length2
+    interior = (t_raw > 0) & (t_raw < 1) & nonzero
+    t = torch.where(nonzero, t_raw.clamp(0, 1), 0.5)
+    k = (ux * dy - uy * dx) / safe_length2
+    ex = torch.where(interior, k * dy, ux - t * dx)
+    ey = torch.where(interior, -k * dx, uy - t * dy)
     return t, ex, ey, ex * ex + ey * ey
 
 
@@ -249,7 +254,8 @@ class _DenseChunkedRaster(torch.autograd.Function):
             # d r / d c = r'(z) (-1/σ²) (-2 e) for the closest point c = a + t (b - a), e = p - c
             g_c = g_r * dr_dz * (2.0 / sigma2)
             gx, gy = g_c * ex, g_c * ey
-            gx_t, gy_t = (gx * t).sum((-2, -1)), (gy * t).sum((-2, -1))
-            gx_s, gy_s = gx.sum((-2, -1)), gy.sum((-2, -1))
-            grad[sk, st] = torch.stack((gx_s - gx_t, gy_s - gy_t, gx_t, gy_t), dim=-1)
+            # c = (1 - t) a + t b; sum each end separately (Σ g - Σ g t would cancel badly).
+            grad[sk, st] = torch.stack(
+                [(g * w).sum((-2, -1)) for w in (1 - t, t) for g in (gx, gy)], dim=-1
+            )
         return grad, None
