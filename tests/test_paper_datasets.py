@@ -386,6 +386,41 @@ def test_imagefolder_reads_the_real_cifar10_subset():
     assert image.shape == (3, 32, 32) and label == 9 and image.std() > 0.02
 
 
+# ---- batch reads and games ----------------------------------------------------------
+
+
+def test_batch_reads_match_item_reads(tmp_path, caltech_root):
+    fakedata.write_mnist(tmp_path)
+    fakedata.write_stl10(tmp_path)
+    datasets = [
+        mnist.load("test", root=str(tmp_path)),  # grey array, native size: one array read
+        mnist.load("test", image_size=20, root=str(tmp_path)),  # resized
+        stl10.load("val", root=str(tmp_path)),  # memory map
+        caltech101.load("train", image_size=16, root=str(caltech_root[0])),  # files, copies
+    ]
+    for dataset in datasets:
+        ids = torch.tensor([3, 0, len(dataset) - 1, 3])
+        batch = dataset.images(ids)
+        size = dataset.image_size
+        assert batch.dtype == torch.uint8 and batch.shape == (4, 3, size, size)
+        for image, i in zip(batch, ids, strict=True):
+            expected = (dataset[int(i)][0] * 255).round().to(torch.uint8)
+            assert torch.equal(image, expected)
+
+
+def test_games_sample_from_the_paper_datasets(tmp_path, caltech_root):
+    game_module = pytest.importorskip("sketchenv.game")
+    fakedata.write_stl10(tmp_path)
+    val = stl10.load("val", root=str(tmp_path))
+    game = game_module.SketchGame(val, "oo-different", seed=0)
+    batch = game.sample(2)
+    assert game.n_classes == 10 and batch.candidates.shape == (2, 10, 3, 96, 96)
+    assert torch.equal(batch.sender_labels, batch.candidate_labels)
+    caltech = caltech101.load("train", image_size=16, root=str(caltech_root[0]))
+    batch = game_module.SketchGame(caltech, "original", n_distractors=9).sample(1)
+    assert batch.candidates.shape == (1, 10, 3, 16, 16)
+
+
 # ---- through the registry ------------------------------------------------------------
 
 

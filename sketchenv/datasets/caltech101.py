@@ -3,7 +3,8 @@ per class by `seed`, with the training split balanced.
 
 Classes are the folders of 101_ObjectCategories except BACKGROUND_Google (clutter, not
 an object class), which leaves the paper's 101; both `Faces` and `Faces_easy` stay, as
-in torchvision and the paper, although they hold the same photos cropped differently.
+in torchvision (giving the paper's 101), although they hold the same photos cropped
+differently (Faces_easy is the tight crop).
 
 Balancing: every class of the training split is topped up to the size of the largest
 one with extra copies of its own images, cycling through them in a seeded order; each

@@ -192,6 +192,12 @@ class ImageDataset(Dataset):
         index = range(len(self))[index]  # bounds check, negative indices
         return fit_square(self.pixels(index), self.image_size), self.labels[index]
 
+    def images(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """uint8 `[N, 3, S, S]` of many items at once (SketchGame's batch read path)."""
+        images = [self[int(i)][0].mul(255).round_().to(torch.uint8) for i in indices]
+        size = self.image_size
+        return torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes, "
@@ -218,13 +224,28 @@ class ArrayImages(ImageDataset):
         if len(rows) != len(self.labels):
             raise ValueError(f"{len(rows)} rows for {len(self.labels)} labels")
         self.array = array
-        self.rows = [int(row) for row in rows]
+        self.rows = np.asarray(rows, dtype=np.int64)
+        first = array[0]
+        self._grey = first.ndim == 2
+        self._stored_size = first.shape[-2:]
 
     def pixels(self, index: int) -> Tensor:
-        image = self.array[self.rows[index]]
-        if not isinstance(image, Tensor):
-            image = torch.from_numpy(np.ascontiguousarray(image))
-        return image[None] if image.ndim == 2 else image
+        return self._read(int(self.rows[index]))
+
+    def images(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """uint8 `[N, 3, S, S]`; a single array read when the stored size is `image_size`."""
+        if tuple(self._stored_size) != (self.image_size, self.image_size):
+            return super().images(indices)
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        return self._read(rows).expand(-1, 3, -1, -1).contiguous()
+
+    def _read(self, rows: int | np.ndarray) -> Tensor:
+        """Array row(s) as uint8 `[C, H, W]` (or `[N, C, H, W]`)."""
+        if isinstance(self.array, Tensor):
+            image = self.array[torch.as_tensor(rows)]
+        else:
+            image = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
+        return image.unsqueeze(-3) if self._grey else image
 
 
 class FileImages(ImageDataset):
