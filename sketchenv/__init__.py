@@ -1,0 +1,24 @@
+"""sketchenv: emergent communication through sketching, as a PettingZoo env and a torch core.
+
+`sketchenv.parallel_env(...)` and `sketchenv.env(...)` give the game to any policy;
+`sketchenv.game.SketchGame` is the batched, differentiable core the self-play trainer uses.
+"""
+
+import pettingzoo
+
+from sketchenv.env import SketchParallelEnv, env, parallel_env, raw_env
+from sketchenv.game import GAMES, GameBatch, SketchGame
+
+__all__ = [
+    "GAMES",
+    "GameBatch",
+    "SketchGame",
+    "SketchParallelEnv",
+    "env",
+    "parallel_env",
+    "raw_env",
+]
+
+if hasattr(pettingzoo, "register"):  # PettingZoo >= 1.26 has a registry of env ids
+    pettingzoo.register("parallel", "sketchenv/Sketch-v0", entry_point="sketchenv.env:parallel_env")
+    pettingzoo.register("aec", "sketchenv/Sketch-v0", entry_point="sketchenv.env:env")

@@ -1,0 +1,370 @@
+"""The PettingZoo env: official API tests, multi-episode determinism, rules, bad input."""
+
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pettingzoo
+import pytest
+import torch
+from pettingzoo.test import api_test, parallel_api_test, render_test
+from pettingzoo.utils.conversions import parallel_to_aec
+from torch.utils.data import Dataset
+
+import sketchenv
+from sketchenv.env import INFO_KEYS
+from sketchenv.rendering import RIGHT, WRONG, compose_frame
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
+VARIANTS = ["original", "oo-same", "oo-different"]
+
+
+class Noise(Dataset):
+    """Random 16 px images, 5 classes, label `i % 5`; `index_of` finds an image's item."""
+
+    def __init__(self, n=40):
+        self.classes = ["a", "b", "c", "d", "e"]
+        self.labels = [i % 5 for i in range(n)]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)), self.labels[i]
+
+    def hwc(self, i):
+        return (self[i][0] * 255).round().byte().permute(1, 2, 0).numpy()
+
+    def index_of(self, pixels):
+        if not hasattr(self, "_index"):
+            self._index = {self.hwc(i).tobytes(): i for i in range(len(self))}
+        return self._index[pixels.tobytes()]
+
+
+NOISE = Noise()
+
+
+def make(game="original", **kwargs):
+    kwargs.setdefault("dataset", NOISE)
+    kwargs.setdefault("seed", 0)
+    kwargs.setdefault("n_lines", 3)
+    if game == "original":
+        kwargs.setdefault("n_distractors", 4)
+    return sketchenv.parallel_env(game=game, **kwargs)
+
+
+def play(env, n_episodes, seed=None):
+    """Random play; returns every (observations, rewards, terminations, infos) seen."""
+    for i, agent in enumerate(env.possible_agents):
+        env.action_space(agent).seed(100 + i)
+    trace = []
+    for episode in range(n_episodes):
+        observations, infos = env.reset(seed=seed if episode == 0 else None)
+        trace.append((observations, infos))
+        while env.agents:
+            actions = {agent: env.action_space(agent).sample() for agent in env.agents}
+            observations, rewards, terminations, truncations, infos = env.step(actions)
+            trace.append((observations, rewards, terminations, truncations, infos))
+    return trace
+
+
+def assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, tuple | list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    else:
+        assert a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("game", VARIANTS)
+def test_pettingzoo_api_tests_pass(game):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Observation is not a NumPy array": Dict observations
+        parallel_api_test(make(game), num_cycles=40)
+        api_test(parallel_to_aec(make(game)), num_cycles=40)
+        api_test(sketchenv.env(game=game, dataset=NOISE, n_lines=3, n_distractors=4), num_cycles=40)
+
+
+@pytest.mark.parametrize("game", VARIANTS)
+def test_render_test_passes_in_both_modes(game, monkeypatch):
+    pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+
+    def env_fn(render_mode=None):
+        return sketchenv.env(game=game, dataset=NOISE, n_distractors=4, render_mode=render_mode)
+
+    render_test(env_fn)
+
+
+@pytest.mark.parametrize("game", VARIANTS)
+def test_twenty_episodes_repeat_exactly_by_seed(game):
+    first = play(make(game, seed=None), 20, seed=7)
+    assert_same(first, play(make(game, seed=None), 20, seed=7))
+    assert_same(first, play(make(game, seed=7), 20))  # constructor seed == reset seed
+    env = make(game)
+    play(env, 3, seed=1)
+    assert_same(first, play(env, 20, seed=7))  # reset(seed) restarts the sequence
+    other = play(make(game), 20, seed=8)
+    images = [step[0]["sender_0"]["image"] for step in first[::3]]
+    other_images = [step[0]["sender_0"]["image"] for step in other[::3]]
+    assert not all(np.array_equal(a, b) for a, b in zip(images, other_images, strict=True))
+
+
+@pytest.mark.parametrize("game", VARIANTS)
+def test_variant_rules_hold_over_many_games(game):
+    env = make(game)
+    targets = set()
+    for _ in range(60):
+        observations, _ = env.reset()
+        receiver = observations["receiver_0"]
+        candidates = [receiver[f"candidate_{i}"] for i in range(env.n_candidates)]
+        ids = [NOISE.index_of(c) for c in candidates]
+        assert len(set(ids)) == len(ids)
+        if game != "original":
+            assert sorted(NOISE.labels[i] for i in ids) == list(range(5))  # one per class
+        env.step({"sender_0": env.action_space("sender_0").sample()})
+        _, _, _, _, infos = env.step({"receiver_0": 0})
+        target = infos["receiver_0"]["target"]
+        targets.add(target)
+        sender = NOISE.index_of(observations["sender_0"]["image"])
+        assert NOISE.labels[sender] == NOISE.labels[ids[target]]
+        assert (sender == ids[target]) == (game != "oo-different")
+        state = env.render_state()
+        assert np.array_equal(state["candidates"][target], candidates[target])
+    assert len(targets) >= 4  # the target's position is random
+
+
+def test_observations_infos_and_rewards_follow_the_contract():
+    env = make("oo-same", render_mode="rgb_array")
+    observations, infos = env.reset(seed=3)
+    sender, receiver = observations["sender_0"], observations["receiver_0"]
+    assert sender["phase"] == receiver["phase"] == 0
+    assert receiver.keys() == {"sketch", "phase"} | {f"candidate_{i}" for i in range(5)}
+    assert (receiver["sketch"] == 255).all()  # blank paper before the sender draws
+    assert env.observation_space("sender_0").contains(sender)
+    assert env.observation_space("receiver_0").contains(receiver)
+    assert infos["sender_0"] == {
+        "phase": 0,
+        "choice": -1,
+        "target": -1,
+        "correct": 0,
+        "class_correct": 0,
+    }
+    state = env.render_state()
+    assert state["sketch"] is None and state["target"] is None and state["choice"] is None
+    assert np.array_equal(state["sender_image"], sender["image"])
+
+    strokes = np.array([[-1, -1, 1, 1], [-1, 1, 1, -1], [0, -1, 0, 1]], np.float32)
+    observations, rewards, terminations, _, infos = env.step(
+        {"sender_0": strokes, "receiver_0": "ignored in phase 0"}
+    )
+    sketch = observations["receiver_0"]["sketch"]
+    expected = env.core.render(torch.from_numpy(strokes)).mul(255).round().byte()
+    assert np.array_equal(sketch, expected.permute(1, 2, 0).numpy())
+    assert sketch[0, 0, 0] < 128 and sketch[0, 5, 0] > 128  # black stroke through the corner
+    assert rewards == {"sender_0": 0.0, "receiver_0": 0.0} and not any(terminations.values())
+    assert observations["sender_0"]["phase"] == infos["receiver_0"]["phase"] == 1
+    assert infos["receiver_0"]["target"] == -1 and env.render_state()["target"] is None
+    assert np.array_equal(env.render_state()["sketch"], sketch)
+
+    _, rewards, terminations, truncations, infos = env.step({"receiver_0": 0, "sender_0": None})
+    target = infos["sender_0"]["target"]
+    assert infos["receiver_0"].keys() == infos["sender_0"].keys() == set(INFO_KEYS)
+    assert all(terminations.values()) and not any(truncations.values()) and env.agents == []
+    assert rewards["sender_0"] == rewards["receiver_0"] == float(target == 0)
+
+    env.reset(seed=3)  # same game again: now pick the target
+    env.step({"sender_0": strokes})
+    _, rewards, _, _, infos = env.step({"receiver_0": np.int64(target)})
+    assert rewards == {"sender_0": 1.0, "receiver_0": 1.0}
+    assert infos["receiver_0"] == {
+        "phase": 1,
+        "choice": target,
+        "target": target,
+        "correct": 1,
+        "class_correct": 1,
+    }
+    state = env.render_state()
+    assert (state["choice"], state["target"], state["n_lines"]) == (target, target, 3)
+    assert state["episode"] == 1  # the second game of this env
+    assert state["wins"] == 1 + int(target == 0)
+
+
+def test_rgb_array_frame_marks_choice_and_target():
+    env = make("oo-same", render_mode="rgb_array")
+    env.reset(seed=0)
+    before = env.render()
+    assert before.dtype == np.uint8 and before.ndim == 3 and before.shape[2] == 3
+    env.step({"sender_0": np.zeros((3, 4), np.float32)})
+    _, _, _, _, infos = env.step({"receiver_0": 1})
+    won = infos["receiver_0"]["correct"] == 1
+    after = env.render()
+    assert after.shape == before.shape
+    assert tuple(after[0, 0]) == (RIGHT if won else WRONG)
+    assert tuple(before[0, 0]) not in (RIGHT, WRONG)
+    state = env.render_state()
+    assert np.array_equal(compose_frame(state), after)
+
+
+def test_actions_of_several_types_are_accepted():
+    env = make("original")
+    for strokes, choice in [
+        (np.zeros((3, 4), np.float64), 1),
+        ([[0.5, 0, 0, 0]] * 3, np.int32(2)),
+        (torch.zeros(3, 4), torch.tensor(3)),
+        (np.ones((3, 4), np.int64), np.array(4)),
+    ]:
+        env.reset()
+        env.step({"sender_0": strokes})
+        _, _, _, _, infos = env.step({"receiver_0": choice})
+        assert infos["receiver_0"]["choice"] == int(choice)
+
+
+def test_bad_actions_give_clear_errors():
+    env = make("original")
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step({"sender_0": np.zeros((3, 4), np.float32)})
+    env.reset()
+    bad_strokes = [
+        (np.zeros((4, 4), np.float32), ValueError, r"shape \(3, 4\)"),
+        (np.zeros(12, np.float32), ValueError, r"shape \(3, 4\)"),
+        (np.full((3, 4), np.nan, np.float32), ValueError, "NaN"),
+        (np.full((3, 4), np.inf), ValueError, "NaN or infinite"),
+        (np.full((3, 4), 1.5), ValueError, r"\[-1, 1\]"),
+        (np.zeros((3, 4), bool), TypeError, "real-valued"),
+        ([["a"] * 4] * 3, TypeError, "real-valued"),
+        (None, ValueError, "must include 'sender_0'"),
+    ]
+    for strokes, error, message in bad_strokes:
+        with pytest.raises(error, match=message):
+            env.step({"sender_0": strokes})
+    with pytest.raises(ValueError, match="unknown agents"):
+        env.step({"sender_0": np.zeros((3, 4)), "referee": 1})
+    with pytest.raises(TypeError, match="dict"):
+        env.step([np.zeros((3, 4))])
+    env.step({"sender_0": np.zeros((3, 4), np.float32)})  # the failed steps changed nothing
+    for choice, error, message in [
+        (5, ValueError, r"\[0, 5\)"),
+        (-1, ValueError, r"\[0, 5\)"),
+        (1.0, TypeError, "integer"),
+        (True, TypeError, "integer"),
+        (np.array([1]), TypeError, "integer"),
+        (None, ValueError, "must include 'receiver_0'"),
+    ]:
+        with pytest.raises(error, match=message):
+            env.step({"receiver_0": choice, "sender_0": np.zeros((3, 4))})
+    env.step({"receiver_0": 0})
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step({"receiver_0": 0})
+    aec = sketchenv.env(dataset=NOISE, n_distractors=4)
+    with pytest.raises(AssertionError, match="reset"):
+        aec.step(np.zeros((20, 4), np.float32))
+
+
+def test_bad_options_give_clear_errors():
+    with pytest.raises(ValueError, match="original, oo-same, oo-different"):
+        make("oo")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_strokes'"):
+        make(n_strokes=3)
+    with pytest.raises(ValueError, match="render_mode"):
+        make(render_mode="ansi")
+    with pytest.raises(ValueError, match="image_size=32"):
+        make(image_size=32)  # NOISE images are 16 px
+    with pytest.raises(ValueError, match="dataset size"):
+        make(n_distractors=40)
+    with pytest.raises(TypeError, match="torch Dataset"):
+        make(dataset=42)
+    with pytest.raises(RuntimeError, match="before reset"):
+        make().render_state()
+
+
+def test_unknown_dataset_name_is_a_clear_error():
+    pytest.importorskip("sketchenv.datasets", reason="dataset registry not available")
+    with pytest.raises((ValueError, KeyError), match="shapes"):
+        sketchenv.parallel_env(dataset="no-such-dataset")
+
+
+def test_pickled_env_continues_identically_mid_episode():
+    env = make("oo-different", render_mode="rgb_array")
+    env.reset(seed=5)
+    env.step({"sender_0": np.zeros((3, 4), np.float32)})
+    copy = pickle.loads(pickle.dumps(env))
+    a = env.step({"receiver_0": 2})
+    b = copy.step({"receiver_0": 2})
+    assert_same(a, b)
+    assert_same(play(env, 3), play(copy, 3))
+    assert np.array_equal(env.render(), copy.render())
+
+
+def test_aec_env_plays_turn_by_turn():
+    aec = sketchenv.env(game="oo-same", dataset=NOISE, n_lines=3, seed=0)
+    aec.reset(seed=1)
+    order, rewards = [], {}
+    for agent in aec.agent_iter():
+        observation, reward, terminated, truncated, _ = aec.last()
+        order.append((agent, observation["phase"]))
+        rewards[agent] = reward
+        if terminated or truncated:
+            action = None
+        elif agent == "sender_0":
+            action = np.zeros((3, 4), np.float32)
+        else:
+            action = 0
+        aec.step(action)
+    assert order[:4] == [("sender_0", 0), ("receiver_0", 0), ("sender_0", 1), ("receiver_0", 1)]
+    assert rewards["sender_0"] == rewards["receiver_0"] in (0.0, 1.0)
+
+
+def test_registered_with_pettingzoo():
+    if not hasattr(pettingzoo, "make"):
+        pytest.skip("this PettingZoo has no registry")
+    par = pettingzoo.make("parallel", "sketchenv/Sketch-v0", dataset=NOISE, n_distractors=4)
+    aec = pettingzoo.make("aec", "sketchenv/Sketch-v0", dataset=NOISE, game="oo-same")
+    assert isinstance(par, sketchenv.SketchParallelEnv)
+    assert aec.unwrapped.n_candidates == 5
+
+
+def test_defaults_are_the_papers_original_game_on_shapes():
+    env = sketchenv.parallel_env(seed=0)
+    assert env.core.game == "original" and env.n_candidates == 100  # 99 distractors
+    receiver = env.observation_space("receiver_0")
+    assert len(receiver.spaces) == 100 + 2
+    assert (
+        receiver["candidate_99"].shape == (64, 64, 3) and receiver["candidate_99"].dtype == np.uint8
+    )
+    assert env.action_space("sender_0").shape == (20, 4)
+    assert env.action_space("sender_0").dtype == np.float32
+    assert env.action_space("receiver_0").n == 100
+    observations, _ = env.reset()
+    assert env.observation_space("receiver_0").contains(observations["receiver_0"])
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="CIFAR-10 subset not present")
+def test_real_photos_through_imagefolder():
+    env = sketchenv.parallel_env(
+        game="oo-different", dataset=f"imagefolder:{CIFAR}", split="val", seed=0
+    )
+    observations, _ = env.reset()
+    assert env.n_candidates == 10
+    assert observations["receiver_0"]["candidate_9"].shape == (32, 32, 3)
+    assert observations["sender_0"]["image"].std() > 10  # a photo, not a blank
+
+
+def test_human_mode_window_opens_lazily_and_closes(monkeypatch):
+    pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = make("oo-same", render_mode="human")
+    assert env._window is None
+    env.reset()
+    assert env._window is not None and env.render() is None
+    env.close()
+    assert env._window is None
