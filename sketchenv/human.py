@@ -355,10 +355,8 @@ class GameWindow:
             self._text("The sender is drawing…", (MARGIN, STATUS_HEIGHT + 40), 36, MUTED)
             return
         candidates = [_check_image(c, "candidate") for c in state["candidates"]]
-        show_sender = (
-            not receiver_view
-            and ("receiver" not in humans or decided)
-            and (self.feedback or not humans)
+        show_sender = (  # the sender's image gives the answer away in the original game
+            not receiver_view and ("receiver" not in humans or decided) and self.feedback
         )
         sketch = state.get("sketch")
         sender_image = state.get("sender_image") if show_sender else None
@@ -420,6 +418,21 @@ class GameWindow:
         holding = decided and pg.display.get_driver() != "dummy"
         until = time.monotonic() + (self.outcome_seconds if holding else 0.0)
         while wait or time.monotonic() < until:
+            if any(e.type in (pg.KEYDOWN, pg.MOUSEBUTTONDOWN) for e in self._events()):
+                return
+            self._flip()
+
+    def message(self, title: str, lines: Sequence[str] = (), *, wait: bool = True) -> None:
+        """A text screen (instructions, "next game", "thank you"); waits for a key or click."""
+        pg = _pygame()
+        self._ensure_open()
+        self._status(title, "press a key or click to continue   ·   Esc quits" if wait else "")
+        self.layout = Layout()
+        for number, line in enumerate(lines):
+            self._text(line, (MARGIN * 2, STATUS_HEIGHT + 40 + 38 * number), 30)
+        self._flip()
+        self._events()  # input given before the screen appeared is dropped
+        while wait:
             if any(e.type in (pg.KEYDOWN, pg.MOUSEBUTTONDOWN) for e in self._events()):
                 return
             self._flip()

@@ -1,0 +1,356 @@
+"""Play the sketching game with people in the loop, and report the human study.
+
+    python -m train.play --sender runs/perceptual/checkpoint.pt --receiver human \\
+        --participant alice --games 30 --no-feedback
+    python -m train.play --report runs/play/study.sqlite --csv study.csv
+
+Each player is ``human``, ``random`` (seeded) or a checkpoint path (a trained agent).
+Every game is written to SQLite as soon as it ends, so a kill loses at most the game in
+progress; running the same command again continues at the next game. Game ``i`` of a
+session depends only on ``(--seed, i)``, so every participant with the same seed sees the
+same games. Esc or closing the window stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import sketchenv
+from sketchenv.human import GameWindow, HumanReceiver, HumanSender, PlayerQuit
+from train.study import GameRecord, StudyDB, format_report, load_rows, summarize, write_csv
+
+SENDER, RECEIVER = "sender_0", "receiver_0"
+Policy = Callable[[dict, str], object]
+
+
+class RandomPolicy:
+    """Uniform random actions from the env's action spaces; :meth:`seed` it for each game."""
+
+    def __init__(self, env) -> None:
+        self.spaces = {agent: env.action_space(agent) for agent in env.possible_agents}
+        self.rng = np.random.default_rng(0)
+
+    def seed(self, seed: int | tuple[int, ...]) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, observation: dict, agent: str):
+        space = self.spaces[agent]
+        if hasattr(space, "n"):  # Discrete
+            return int(space.start + self.rng.integers(space.n))
+        return self.rng.uniform(space.low, space.high).astype(space.dtype)
+
+
+def game_seed(seed: int, index: int) -> int:
+    """The env seed of game ``index`` of a session: independent streams per (seed, index)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def checkpoint_identity(path: str) -> str:
+    """``checkpoint:<file name>#<sha256 prefix>``: stable when the file moves, changes with it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"checkpoint:{Path(path).name}#{digest.hexdigest()[:12]}"
+
+
+def load_agent(path: str, device: str | None) -> Policy:
+    """A trained agent as an env policy (acts for both sender_0 and receiver_0)."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {path!r} is neither 'human', 'random' nor a checkpoint file")
+    from agents.policies import AgentPolicy  # torch models load only when a checkpoint is used
+
+    return AgentPolicy.from_checkpoint(path, device=device)
+
+
+def player_identity(spec: str) -> str:
+    return spec if spec in ("human", "random") else checkpoint_identity(spec)
+
+
+def game_facts(env) -> dict:
+    """Dataset ids and labels of the game the env just played (for the record)."""
+    batch = env.unwrapped._game  # the env's current one-game GameBatch (B = G = 1)
+    return {
+        "sender_id": int(batch.sender_ids[0, 0]),
+        "sender_label": int(batch.sender_labels[0, 0]),
+        "candidate_ids": [int(i) for i in batch.candidate_ids[0]],
+        "candidate_labels": [int(i) for i in batch.candidate_labels[0]],
+    }
+
+
+def play_game(
+    env,
+    sender: Policy,
+    receiver: Policy,
+    *,
+    seed: int,
+    compare: Policy | None = None,
+    window: GameWindow | None = None,
+    status: dict | None = None,
+) -> dict:
+    """Play one game from ``env.reset(seed=seed)``; return what the record needs.
+
+    ``compare`` (an agent policy) also chooses on the receiver's observation, so a human
+    receiver's rate can be set against the agent's on the very same sketches. With a
+    ``window``, each phase is shown with ``status`` keys (game number, score) merged in.
+    """
+    observations, _ = env.reset(seed=seed)
+    if window is not None:
+        window.show({**env.render_state(), **(status or {})})
+    strokes = np.asarray(sender(observations[SENDER], SENDER), dtype=np.float32)
+    observations, *_ = env.step({SENDER: strokes, RECEIVER: 0})  # receiver idle in phase 0
+    if window is not None:
+        window.show({**env.render_state(), **(status or {})})
+    agent_choice = None if compare is None else int(compare(observations[RECEIVER], RECEIVER))
+    start = time.perf_counter()
+    choice = int(receiver(observations[RECEIVER], RECEIVER))
+    response_time = time.perf_counter() - start
+    env.step({SENDER: np.zeros_like(strokes), RECEIVER: choice})
+    state = env.render_state()
+    if state["choice"] != choice or state["target"] is None:
+        raise RuntimeError("the env did not record the receiver's choice; is it a sketchenv env?")
+    return {
+        "state": state,
+        "choice": choice,
+        "target": int(state["target"]),
+        "agent_choice": agent_choice,
+        "response_time": response_time,
+        "strokes": strokes.tolist(),
+        **game_facts(env),
+    }
+
+
+def make_players(
+    args: argparse.Namespace, env, window: GameWindow | None
+) -> tuple[Policy, Policy, Policy | None, str | None]:
+    """The sender, the receiver, the compared agent receiver (if any) and that agent's name.
+
+    The compared agent is ``--compare``, else the sender's checkpoint when the receiver is
+    a person or random; when the receiver is itself a checkpoint it is the compared agent.
+    """
+    compare_spec = args.compare
+    if compare_spec is None and args.receiver in ("human", "random"):
+        compare_spec = None if args.sender in ("human", "random") else args.sender
+    specs = {args.sender, args.receiver, compare_spec} - {"human", "random", None}
+    agents = {spec: load_agent(spec, args.device) for spec in sorted(specs)}
+
+    def make(spec: str, role: str) -> Policy:
+        if spec == "human" and role == SENDER:
+            return HumanSender(window, n_lines=args.n_lines)
+        if spec == "human":
+            return HumanReceiver(window)
+        if spec == "random":
+            return RandomPolicy(env)
+        return agents[spec]
+
+    sender, receiver = make(args.sender, SENDER), make(args.receiver, RECEIVER)
+    if compare_spec is not None:
+        return sender, receiver, agents[compare_spec], player_identity(compare_spec)
+    if args.receiver in agents:
+        return sender, receiver, None, player_identity(args.receiver)
+    return sender, receiver, None, None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.play",
+        description="Play the sketching game with people in the loop; record and report a study.",
+    )
+    parser.add_argument("--sender", default="random", help="CHECKPOINT | human | random")
+    parser.add_argument("--receiver", default="human", help="CHECKPOINT | human | random")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="checkpoint whose receiver also answers every game, for the report's agent "
+        "column (default: the sender's checkpoint when the receiver is not an agent)",
+    )
+    parser.add_argument(
+        "--game", default="original", choices=("original", "oo-same", "oo-different")
+    )
+    parser.add_argument("--dataset", default="shapes")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--root", default="./data", help="dataset folder")
+    parser.add_argument("--n-distractors", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--n-lines", type=int, default=20)
+    parser.add_argument("--games", type=int, default=30, help="games per session")
+    parser.add_argument("--seed", type=int, default=0, help="the session's games depend on it")
+    parser.add_argument("--participant", default=None, help="name or code of the player")
+    parser.add_argument(
+        "--feedback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show the right answer and the score after each game (the paper ran both)",
+    )
+    parser.add_argument("--output", default="runs/play", help="folder for the database")
+    parser.add_argument("--db", default=None, help="SQLite file (default OUTPUT/study.sqlite)")
+    parser.add_argument("--device", default=None, help="torch device for checkpoints")
+    parser.add_argument("--window-size", type=int, nargs=2, default=(1200, 720), metavar=("W", "H"))
+    parser.add_argument("--report", metavar="DB", default=None, help="print the study report")
+    parser.add_argument("--csv", metavar="FILE", default=None, help="with --report: export CSV")
+    args = parser.parse_args(argv)
+    if args.csv and not args.report:
+        parser.error("--csv goes with --report DB")
+    if args.games < 1:
+        parser.error(f"--games must be >= 1, got {args.games}")
+    if args.n_lines < 1:
+        parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
+    humans = "human" in (args.sender, args.receiver)
+    if args.report is None and humans and not args.participant:
+        parser.error("name the player with --participant NAME (it keys the record and resuming)")
+    return args
+
+
+def report(path: str, csv_path: str | None = None) -> str:
+    """The study report of the database at ``path`` (and a CSV export when asked)."""
+    summary = summarize(load_rows(path))
+    if csv_path:
+        write_csv(summary, csv_path)
+    return format_report(summary)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Play the session's remaining games, recording each; returns how many were played."""
+    db_path = Path(args.db) if args.db else Path(args.output) / "study.sqlite"
+    participant = args.participant or "agents"
+    sender_id, receiver_id = player_identity(args.sender), player_identity(args.receiver)
+    setting = {
+        "game": args.game,
+        "dataset": args.dataset,
+        "split": args.split,
+        "n_distractors": args.n_distractors,
+        "image_size": args.image_size,
+        "n_lines": args.n_lines,
+        "sender": sender_id,
+        "receiver": receiver_id,
+        "feedback": args.feedback,
+    }
+    db = StudyDB(db_path)
+    done = db.played(participant, setting, args.seed)
+    todo = [i for i in range(args.games) if i not in done]
+    if not todo:
+        print(f"{participant} has finished all {args.games} games of this setting ({db_path}).")
+        db.close()
+        return 0
+    env = sketchenv.parallel_env(
+        game=args.game,
+        dataset=args.dataset,
+        split=args.split,
+        root=args.root,
+        n_distractors=args.n_distractors,
+        image_size=args.image_size,
+        n_lines=args.n_lines,
+    )
+    window = None
+    if "human" in (args.sender, args.receiver):
+        window = GameWindow(tuple(args.window_size), feedback=args.feedback)
+    sender, receiver, compare, agent = make_players(args, env, window)
+    wins = db.wins(participant, setting, args.seed)
+    played = 0
+    try:
+        if window is not None:
+            window.message(
+                f"Hello {participant}: {len(todo)} games to play",
+                _instructions(args, len(done)),
+            )
+        for index in todo:
+            for role, policy in ((0, sender), (1, receiver)):
+                if isinstance(policy, RandomPolicy):
+                    policy.seed((args.seed, index, role))
+            status = {"episode": index, "wins": wins, "n_games": args.games}
+            result = play_game(
+                env,
+                sender,
+                receiver,
+                seed=game_seed(args.seed, index),
+                compare=compare,
+                window=window,
+                status=status,
+            )
+            agent_choice = result["agent_choice"]
+            if agent is not None and compare is None:  # the receiver is the agent
+                agent_choice = result["choice"]
+            db.record(
+                GameRecord(
+                    participant=participant,
+                    setting=setting,
+                    seed=args.seed,
+                    game_index=index,
+                    sender_id=result["sender_id"],
+                    sender_label=result["sender_label"],
+                    candidate_ids=result["candidate_ids"],
+                    candidate_labels=result["candidate_labels"],
+                    target=result["target"],
+                    choice=result["choice"],
+                    response_time=result["response_time"],
+                    strokes=result["strokes"],
+                    agent=agent,
+                    agent_choice=agent_choice,
+                )
+            )
+            played += 1
+            wins += int(result["choice"] == result["target"])
+            print(
+                f"game {index + 1}/{args.games}: chose {result['choice']}, target "
+                f"{result['target']} ({result['response_time']:.1f} s)",
+                flush=True,
+            )
+            if window is not None:
+                if args.feedback:
+                    window.show({**result["state"], **status, "wins": wins}, wait=True)
+                else:
+                    window.message(
+                        f"Game {index + 1} of {args.games} done",
+                        ["Press a key or click for the next game."],
+                    )
+    except (PlayerQuit, KeyboardInterrupt):
+        left = args.games - len(done) - played
+        print(
+            f"stopped: {played} games recorded this time, {left} left; run the same command to continue."
+        )
+    else:
+        if window is not None:
+            window.message("Thank you!", [f"All {args.games} games played."])
+    finally:
+        if window is not None:
+            window.close()
+        env.close()
+        db.close()
+    print(f"recorded in {db_path}")
+    return played
+
+
+def _instructions(args: argparse.Namespace, done: int) -> list[str]:
+    lines = []
+    if args.receiver == "human":
+        lines.append("You see a sketch and some images: pick the image the sketch shows.")
+        lines.append("Click it, or type its number and press Enter.")
+    if args.sender == "human":
+        lines.append(f"You see an image: draw it with at most {args.n_lines} straight lines.")
+        lines.append("Drag to draw, Backspace / Ctrl-Z / right click undoes, Enter sends.")
+    lines.append(
+        "After each game you see the right answer." if args.feedback else "There is no feedback."
+    )
+    if done:
+        lines.append(f"Continuing after the {done} games already played.")
+    lines.append("Esc stops at any time (finished games are kept). Press a key to start.")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.report:
+        print(report(args.report, args.csv))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

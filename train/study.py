@@ -1,0 +1,318 @@
+"""The human-study record: one SQLite row per game, committed as the game ends, and the report.
+
+A session is identified by (participant, setting, seed); a setting is the game, the data
+and who played (sender, receiver, with or without feedback). Game ``i`` of a session is
+a pure function of ``(seed, i)``, so a participant who stops can continue later at the
+next game and a kill loses at most the game in progress.
+
+The report follows the paper's Tables 5 and 6: per setting, the agent receiver's
+communication rate on the same games, then the players' communication rate and class
+communication rate as mean ± standard deviation over participants.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sqlite3
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "GameRecord",
+    "StudyDB",
+    "format_report",
+    "load_rows",
+    "setting_key",
+    "summarize",
+    "write_csv",
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS games (
+    id INTEGER PRIMARY KEY,
+    participant TEXT NOT NULL,
+    setting TEXT NOT NULL,          -- canonical JSON of the setting (the grouping key)
+    seed INTEGER NOT NULL,
+    game_index INTEGER NOT NULL,
+    game TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    split TEXT NOT NULL,
+    n_lines INTEGER NOT NULL,
+    sender TEXT NOT NULL,           -- human | random | checkpoint:<name>#<sha256 prefix>
+    receiver TEXT NOT NULL,
+    feedback INTEGER NOT NULL,
+    sender_id INTEGER,              -- dataset index of the sender's image
+    sender_label INTEGER,
+    candidate_ids TEXT NOT NULL,    -- JSON list of dataset indices
+    candidate_labels TEXT NOT NULL, -- JSON list of class labels
+    target INTEGER NOT NULL,
+    choice INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    class_correct INTEGER NOT NULL,
+    response_time REAL NOT NULL,    -- seconds the receiver took to choose
+    agent TEXT,                     -- the agent receiver compared on the same game, if any
+    agent_choice INTEGER,
+    agent_correct INTEGER,
+    agent_class_correct INTEGER,
+    strokes TEXT NOT NULL,          -- JSON [n_lines][4] (x0, y0, x1, y1) in [-1, 1]
+    finished_at TEXT NOT NULL,      -- UTC, ISO 8601
+    UNIQUE (participant, setting, seed, game_index)
+)
+"""
+
+
+@dataclass
+class GameRecord:
+    """One finished game of a session, as stored in the ``games`` table."""
+
+    participant: str
+    setting: dict
+    seed: int
+    game_index: int
+    sender_id: int | None
+    sender_label: int | None
+    candidate_ids: list[int]
+    candidate_labels: list[int]
+    target: int
+    choice: int
+    response_time: float
+    strokes: list[list[float]]
+    agent: str | None = None
+    agent_choice: int | None = None
+    finished_at: str = field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
+
+    @property
+    def correct(self) -> bool:
+        return self.choice == self.target
+
+    @property
+    def class_correct(self) -> bool:
+        return self.candidate_labels[self.choice] == self.candidate_labels[self.target]
+
+
+def setting_key(setting: dict) -> str:
+    """The canonical JSON text of a setting: equal settings give equal keys."""
+    return json.dumps(setting, sort_keys=True, separators=(",", ":"))
+
+
+class StudyDB:
+    """The study's SQLite file; every :meth:`record` is its own committed transaction."""
+
+    REQUIRED = ("game", "dataset", "split", "n_lines", "sender", "receiver", "feedback")
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(self.path)
+        self.connection.row_factory = sqlite3.Row
+        with self.connection:
+            self.connection.execute(SCHEMA)
+
+    def played(self, participant: str, setting: dict, seed: int) -> set[int]:
+        """Game indices this participant already finished in this setting with this seed."""
+        rows = self.connection.execute(
+            "SELECT game_index FROM games WHERE participant = ? AND setting = ? AND seed = ?",
+            (participant, setting_key(setting), seed),
+        )
+        return {row[0] for row in rows}
+
+    def wins(self, participant: str, setting: dict, seed: int) -> int:
+        """How many of those games the receiver won (for the running score on resume)."""
+        row = self.connection.execute(
+            "SELECT COALESCE(SUM(correct), 0) FROM games "
+            "WHERE participant = ? AND setting = ? AND seed = ?",
+            (participant, setting_key(setting), seed),
+        ).fetchone()
+        return int(row[0])
+
+    def record(self, game: GameRecord) -> None:
+        """Store one finished game and commit at once (a crash later cannot lose it)."""
+        missing = [key for key in self.REQUIRED if key not in game.setting]
+        if missing:
+            raise ValueError(f"setting lacks {missing}; it needs all of {list(self.REQUIRED)}")
+        setting = game.setting
+        agent_choice = game.agent_choice
+        row = {
+            "participant": game.participant,
+            "setting": setting_key(setting),
+            "seed": game.seed,
+            "game_index": game.game_index,
+            **{key: setting[key] for key in self.REQUIRED},
+            "feedback": int(bool(setting["feedback"])),
+            "sender_id": game.sender_id,
+            "sender_label": game.sender_label,
+            "candidate_ids": json.dumps([int(i) for i in game.candidate_ids]),
+            "candidate_labels": json.dumps([int(i) for i in game.candidate_labels]),
+            "target": game.target,
+            "choice": game.choice,
+            "correct": int(game.correct),
+            "class_correct": int(game.class_correct),
+            "response_time": game.response_time,
+            "agent": game.agent,
+            "agent_choice": agent_choice,
+            "agent_correct": None if agent_choice is None else int(agent_choice == game.target),
+            "agent_class_correct": None
+            if agent_choice is None
+            else int(game.candidate_labels[agent_choice] == game.candidate_labels[game.target]),
+            "strokes": json.dumps(np.asarray(game.strokes, dtype=float).round(6).tolist()),
+            "finished_at": game.finished_at,
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self.connection:  # one transaction, committed on exit
+            self.connection.execute(
+                f"INSERT INTO games ({columns}) VALUES ({marks})", tuple(row.values())
+            )
+
+    def rows(self) -> list[dict]:
+        """Every stored game as a dict, in the order played."""
+        cursor = self.connection.execute("SELECT * FROM games ORDER BY id")
+        return [dict(row) for row in cursor]
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> StudyDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for a single value)."""
+    array = np.asarray(values, dtype=float)
+    std = float(array.std(ddof=1)) if len(array) > 1 else math.nan
+    return float(array.mean()), std
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """Per setting: agent rate on the same games, players' rates over participants, counts.
+
+    Rates are fractions in [0, 1]. A participant's rate is over the games they finished;
+    ``comm_rate``/``class_rate`` are the mean over participants and ``*_std`` the sample
+    standard deviation over participants; ``agent_rate`` pools every game of the setting
+    on which an agent receiver was compared (NaN when none was).
+    """
+    by_setting: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_setting[row["setting"]].append(row)
+    summary = []
+    for key, games in by_setting.items():
+        by_participant: dict[str, list[dict]] = defaultdict(list)
+        for game in games:
+            by_participant[game["participant"]].append(game)
+        comm = [np.mean([g["correct"] for g in p]) for p in by_participant.values()]
+        klass = [np.mean([g["class_correct"] for g in p]) for p in by_participant.values()]
+        compared = [g["agent_correct"] for g in games if g["agent_correct"] is not None]
+        comm_mean, comm_std = _mean_std(comm)
+        class_mean, class_std = _mean_std(klass)
+        setting = json.loads(key)
+        summary.append(
+            {
+                **setting,
+                "agent": next((g["agent"] for g in games if g["agent"]), None),
+                "agent_rate": float(np.mean(compared)) if compared else math.nan,
+                "agent_games": len(compared),
+                "comm_rate": comm_mean,
+                "comm_std": comm_std,
+                "class_rate": class_mean,
+                "class_std": class_std,
+                "games": len(games),
+                "participants": len(by_participant),
+                "mean_response_time": float(np.mean([g["response_time"] for g in games])),
+            }
+        )
+    order = ("game", "dataset", "split", "sender", "receiver", "n_lines", "feedback")
+    return sorted(summary, key=lambda r: tuple(str(r.get(k)) for k in order))
+
+
+def _percent(value: float, std: float | None = None) -> str:
+    if math.isnan(value):
+        return "-"
+    text = f"{100 * value:.1f}%"
+    if std is not None:
+        text += " (±-)" if math.isnan(std) else f" (±{100 * std:.1f})"
+    return text
+
+
+def format_report(summary: Sequence[dict]) -> str:
+    """The summary as a plain-text table, one line per setting, split by feedback."""
+    if not summary:
+        return "no games recorded yet"
+    headers = (
+        "game",
+        "dataset",
+        "sender",
+        "receiver",
+        "lines",
+        "agent comm. rate",
+        "comm. rate",
+        "class comm. rate",
+        "games",
+        "participants",
+    )
+    blocks = []
+    for feedback, title in ((False, "no feedback (no learning allowed)"), (True, "with feedback")):
+        lines = [
+            (
+                row["game"],
+                row["dataset"],
+                row["sender"],
+                row["receiver"],
+                str(row["n_lines"]),
+                _percent(row["agent_rate"]),
+                _percent(row["comm_rate"], row["comm_std"]),
+                _percent(row["class_rate"], row["class_std"]),
+                str(row["games"]),
+                str(row["participants"]),
+            )
+            for row in summary
+            if bool(row["feedback"]) == feedback
+        ]
+        if not lines:
+            continue
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+        table = [f"{title}:", "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+        table += [
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+        ]
+        blocks.append("\n".join(table))
+    note = "rates: mean (± sample std) over participants; agent: its receiver on the same games"
+    return "\n\n".join([*blocks, note])
+
+
+def write_csv(summary: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write the summary rows (fractions, not percent) to a CSV file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in summary for key in row))
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(summary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load_rows(path: str | os.PathLike) -> list[dict]:
+    """Every game stored in the study database at ``path`` (which must exist)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no study database at {path}; play some games first")
+    with StudyDB(path) as db:
+        return db.rows()
