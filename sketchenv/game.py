@@ -69,8 +69,8 @@ class SketchGame:
     `dataset` is any torch Dataset of `(image [3, H, W] float in [0, 1], label)`; a `labels`
     (or torchvision-style `targets`) attribute avoids reading every image at start-up.
     Images are kept in memory as 8-bit (the env's observation format), filled as they are
-    first read, when the whole dataset takes at most `cache_bytes`; `preload=True` reads them
-    all at once. 8-bit quantisation is applied with or without the cache, so games never
+    first read, when the whole dataset takes at most `cache_bytes`; `preload()` (or
+    `preload=True`) reads them all at once. 8-bit quantisation is applied with or without the cache, so games never
     depend on memory settings. Randomness comes from `generator` arguments or, when they are
     omitted, from the game's own generator seeded by `seed`; batches are on the CPU (pinned
     when `pin_memory`, by default when CUDA is available) - move them with `batch.to(device)`.
@@ -148,8 +148,15 @@ class SketchGame:
 
         self.n_distractors = self._check_n_distractors(n_distractors)
         self.n_candidates = self.n_distractors + 1
-        if preload and self._use_cache:
-            self._images(torch.arange(n_items))
+        if preload:
+            self.preload()
+
+    def preload(self, chunk: int = 1024) -> bool:
+        """Read every image into memory now; False (and nothing read) when over `cache_bytes`."""
+        if self._use_cache:
+            for start in range(0, len(self.labels), chunk):
+                self._images(torch.arange(start, min(start + chunk, len(self.labels))))
+        return self._use_cache
 
     # ----- sampling -------------------------------------------------------------------------
     def sample(self, n_blocks: int, generator: torch.Generator | None = None) -> GameBatch:

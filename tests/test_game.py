@@ -178,6 +178,12 @@ def test_cache_reads_each_image_once_and_preload_reads_all():
     preloaded_data = ToyImages()
     SketchGame(preloaded_data, "original", n_distractors=9, preload=True)
     assert preloaded_data.reads == 61
+    too_big = ToyImages()
+    game = SketchGame(too_big, "original", n_distractors=9, cache_bytes=1000)
+    assert game.preload() is False and too_big.reads == 1
+    game.sample(1)
+    game.sample(1)
+    assert too_big.reads == 21  # no cache: every game reads its images again
 
 
 def test_pil_and_grey_images_are_accepted():
