@@ -2,9 +2,8 @@
 per class by `seed`, with the training split balanced.
 
 Classes are the folders of 101_ObjectCategories except BACKGROUND_Google (clutter, not
-an object class), which leaves the paper's 101; both `Faces` and `Faces_easy` stay, as
-in torchvision (giving the paper's 101), although they hold the same photos cropped
-differently (Faces_easy is the tight crop).
+an object class), which leaves the paper's 101. As in torchvision, both `Faces` and
+`Faces_easy` stay, although they hold the same photos (Faces_easy is the tight crop).
 
 Balancing: every class of the training split is topped up to the size of the largest
 one with extra copies of its own images, cycling through them in a seeded order; each
