@@ -63,8 +63,6 @@ def checkpoint_identity(path: str) -> str:
 
 def load_agent(path: str, device: str | None) -> Policy:
     """A trained agent as an env policy (acts for both sender_0 and receiver_0)."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: {path!r} is neither 'human', 'random' nor a checkpoint file")
     from agents.policies import AgentPolicy  # torch models load only when a checkpoint is used
 
     return AgentPolicy.from_checkpoint(path, device=device)
@@ -94,8 +92,8 @@ def play_game(
     compare: Policy | None = None,
     window: GameWindow | None = None,
     status: dict | None = None,
-) -> dict:
-    """Play one game from ``env.reset(seed=seed)``; return what the record needs.
+) -> tuple[dict, dict]:
+    """Play one game from ``env.reset(seed=seed)``; return its record fields and final state.
 
     ``compare`` (an agent policy) also chooses on the receiver's observation, so a human
     receiver's rate can be set against the agent's on the very same sketches. With a
@@ -116,15 +114,15 @@ def play_game(
     state = env.render_state()
     if state["choice"] != choice or state["target"] is None:
         raise RuntimeError("the env did not record the receiver's choice; is it a sketchenv env?")
-    return {
-        "state": state,
-        "choice": choice,
+    game = {
         "target": int(state["target"]),
+        "choice": choice,
         "agent_choice": agent_choice,
         "response_time": response_time,
         "strokes": strokes.tolist(),
         **game_facts(env),
     }
+    return game, state
 
 
 def make_players(
@@ -202,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--games must be >= 1, got {args.games}")
     if args.n_lines < 1:
         parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
+    for option in ("sender", "receiver", "compare"):
+        spec = getattr(args, option)
+        if spec not in (None, "human", "random") and not Path(spec).is_file():
+            parser.error(f"--{option} {spec!r} is neither 'human', 'random' nor a checkpoint file")
+    if args.compare in ("human", "random"):
+        parser.error("--compare takes a checkpoint (an agent receiver), not a person or random")
     humans = "human" in (args.sender, args.receiver)
     if args.report is None and humans and not args.participant:
         parser.error("name the player with --participant NAME (it keys the record and resuming)")
@@ -216,22 +220,26 @@ def report(path: str, csv_path: str | None = None) -> str:
     return format_report(summary)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Play the session's remaining games, recording each; returns how many were played."""
-    db_path = Path(args.db) if args.db else Path(args.output) / "study.sqlite"
-    participant = args.participant or "agents"
-    sender_id, receiver_id = player_identity(args.sender), player_identity(args.receiver)
-    setting = {
+def session_setting(args: argparse.Namespace) -> dict:
+    """What makes two sessions comparable: the game, the data and who plays how."""
+    return {
         "game": args.game,
         "dataset": args.dataset,
         "split": args.split,
         "n_distractors": args.n_distractors,
         "image_size": args.image_size,
         "n_lines": args.n_lines,
-        "sender": sender_id,
-        "receiver": receiver_id,
+        "sender": player_identity(args.sender),
+        "receiver": player_identity(args.receiver),
         "feedback": args.feedback,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Play the session's remaining games, recording each as it ends; returns how many."""
+    db_path = Path(args.db) if args.db else Path(args.output) / "study.sqlite"
+    participant = args.participant or "agents"
+    setting = session_setting(args)
     db = StudyDB(db_path)
     done = db.played(participant, setting, args.seed)
     todo = [i for i in range(args.games) if i not in done]
@@ -256,16 +264,14 @@ def run(args: argparse.Namespace) -> int:
     played = 0
     try:
         if window is not None:
-            window.message(
-                f"Hello {participant}: {len(todo)} games to play",
-                _instructions(args, len(done)),
-            )
+            title = f"Hello {participant}: {len(todo)} games to play"
+            window.message(title, _instructions(args, len(done)))
         for index in todo:
-            for role, policy in ((0, sender), (1, receiver)):
+            for role, policy in enumerate((sender, receiver)):
                 if isinstance(policy, RandomPolicy):
                     policy.seed((args.seed, index, role))
             status = {"episode": index, "wins": wins, "n_games": args.games}
-            result = play_game(
+            game, state = play_game(
                 env,
                 sender,
                 receiver,
@@ -274,50 +280,27 @@ def run(args: argparse.Namespace) -> int:
                 window=window,
                 status=status,
             )
-            agent_choice = result["agent_choice"]
             if agent is not None and compare is None:  # the receiver is the agent
-                agent_choice = result["choice"]
-            db.record(
-                GameRecord(
-                    participant=participant,
-                    setting=setting,
-                    seed=args.seed,
-                    game_index=index,
-                    sender_id=result["sender_id"],
-                    sender_label=result["sender_label"],
-                    candidate_ids=result["candidate_ids"],
-                    candidate_labels=result["candidate_labels"],
-                    target=result["target"],
-                    choice=result["choice"],
-                    response_time=result["response_time"],
-                    strokes=result["strokes"],
-                    agent=agent,
-                    agent_choice=agent_choice,
-                )
-            )
+                game["agent_choice"] = game["choice"]
+            db.record(GameRecord(participant, setting, args.seed, index, agent=agent, **game))
             played += 1
-            wins += int(result["choice"] == result["target"])
+            wins += int(game["choice"] == game["target"])
             print(
-                f"game {index + 1}/{args.games}: chose {result['choice']}, target "
-                f"{result['target']} ({result['response_time']:.1f} s)",
+                f"game {index + 1}/{args.games}: chose {game['choice']}, target "
+                f"{game['target']} ({game['response_time']:.1f} s)",
                 flush=True,
             )
-            if window is not None:
-                if args.feedback:
-                    window.show({**result["state"], **status, "wins": wins}, wait=True)
-                else:
-                    window.message(
-                        f"Game {index + 1} of {args.games} done",
-                        ["Press a key or click for the next game."],
-                    )
+            if window is not None and args.feedback:
+                window.show({**state, **status, "wins": wins}, wait=True)
+            elif window is not None:
+                window.message(
+                    f"Game {index + 1} of {args.games} done", ["Next game: press a key."]
+                )
+        if window is not None:
+            window.message("Thank you!", [f"All {args.games} games are played and saved."])
     except (PlayerQuit, KeyboardInterrupt):
         left = args.games - len(done) - played
-        print(
-            f"stopped: {played} games recorded this time, {left} left; run the same command to continue."
-        )
-    else:
-        if window is not None:
-            window.message("Thank you!", [f"All {args.games} games played."])
+        print(f"stopped: {played} games recorded now, {left} left; the same command continues.")
     finally:
         if window is not None:
             window.close()

@@ -1,0 +1,283 @@
+"""`python -m train.play`: sessions recorded game by game, resuming, and the study report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from train import play
+from train.study import GameRecord, StudyDB, format_report, summarize
+
+# small, fast games on the built-in procedural dataset
+GAME = ["--dataset", "shapes", "--image-size", "16", "--n-distractors", "5", "--n-lines", "3"]
+
+
+def session(tmp_path, *extra: str, db: str = "study.sqlite") -> list[str]:
+    return [*GAME, "--games", "5", "--seed", "7", "--db", str(tmp_path / db), *extra]
+
+
+def rows(path) -> list[dict]:
+    with StudyDB(path) as db:
+        return db.rows()
+
+
+def test_agents_session_records_every_game_with_consistent_fields(tmp_path):
+    played = play.run(
+        play.parse_args(session(tmp_path, "--sender", "random", "--receiver", "random"))
+    )
+    games = rows(tmp_path / "study.sqlite")
+    assert played == 5 and [g["game_index"] for g in games] == [0, 1, 2, 3, 4]
+    for g in games:
+        ids, labels = json.loads(g["candidate_ids"]), json.loads(g["candidate_labels"])
+        assert len(ids) == len(labels) == 6 and len(set(ids)) == 6
+        assert g["correct"] == int(g["choice"] == g["target"])
+        assert g["class_correct"] == int(labels[g["choice"]] == labels[g["target"]])
+        assert g["sender_id"] == ids[g["target"]]  # original game: the target is the sender's image
+        assert np.asarray(json.loads(g["strokes"])).shape == (3, 4)
+        assert g["participant"] == "agents" and g["sender"] == g["receiver"] == "random"
+        assert g["agent_choice"] is None and g["response_time"] >= 0
+    # random players are seeded: the same session again plays the same games and moves
+    play.run(
+        play.parse_args(
+            session(tmp_path, "--sender", "random", "--receiver", "random", db="again.sqlite")
+        )
+    )
+    again = rows(tmp_path / "again.sqlite")
+    keys = ("candidate_ids", "target", "choice", "strokes")
+    assert [[g[k] for k in keys] for g in again] == [[g[k] for k in keys] for g in games]
+    # a finished session plays nothing more
+    assert (
+        play.run(play.parse_args(session(tmp_path, "--sender", "random", "--receiver", "random")))
+        == 0
+    )
+
+
+def test_a_kill_between_games_loses_nothing_and_the_session_continues(tmp_path):
+    """SIGKILL during game 3: games 0-2 are on disk; rerunning plays 3-4, as if never stopped."""
+    args = session(tmp_path, "--sender", "random", "--receiver", "random")
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from train import play
+        original = play.play_game
+        def play_game(env, *args, seed, **kwargs):
+            if seed == play.game_seed(7, 3):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(env, *args, seed=seed, **kwargs)
+        play.play_game = play_game
+        play.main({args!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert result.returncode == -9, result.stderr.decode()
+    killed = rows(tmp_path / "study.sqlite")
+    assert [g["game_index"] for g in killed] == [0, 1, 2]
+    with sqlite3.connect(tmp_path / "study.sqlite") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    assert play.run(play.parse_args(args)) == 2
+    resumed = rows(tmp_path / "study.sqlite")
+    play.run(
+        play.parse_args(
+            session(tmp_path, "--sender", "random", "--receiver", "random", db="whole.sqlite")
+        )
+    )
+    whole = rows(tmp_path / "whole.sqlite")
+    keys = ("game_index", "candidate_ids", "target", "choice", "strokes")
+    assert [[g[k] for k in keys] for g in resumed] == [[g[k] for k in keys] for g in whole]
+
+
+class ClickingReceiver(play.HumanReceiver):
+    """A human receiver whose 'person' clicks the first candidate, and presses Esc on game 3."""
+
+    calls = 0
+
+    def __call__(self, observation, agent="receiver_0"):
+        import pygame
+
+        type(self).calls += 1
+        if type(self).calls == 3:
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0))
+        else:
+            tile = self.window.receiver_layout((16, 16), 6).candidates[0]
+            pos = (tile[0] + tile[2] // 2, tile[1] + tile[3] // 2)
+            pygame.event.post(pygame.event.Event(pygame.MOUSEBUTTONDOWN, pos=pos, button=1))
+        return super().__call__(observation, agent)
+
+
+@pytest.mark.parametrize("feedback", ["--feedback", "--no-feedback"])
+def test_a_human_receiver_session_quit_with_escape_keeps_finished_games(
+    tmp_path, monkeypatch, feedback
+):
+    pygame = pytest.importorskip("pygame")
+    from sketchenv import human
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setattr(human, "_display", human._Display())
+    monkeypatch.setattr(play, "HumanReceiver", ClickingReceiver)
+    monkeypatch.setattr(ClickingReceiver, "calls", 0)
+    original_open = human._Display.open
+
+    def open_and_press_keys(self, *args):  # a "person" who presses space on text screens
+        original_open(self, *args)
+        pygame.time.set_timer(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE, mod=0), 15)
+
+    monkeypatch.setattr(human._Display, "open", open_and_press_keys)
+    args = session(
+        tmp_path, "--sender", "random", "--receiver", "human", "--participant", "ann", feedback
+    )
+    assert play.run(play.parse_args(args)) == 2
+    assert not pygame.display.get_init()  # the window was closed on the way out
+    games = rows(tmp_path / "study.sqlite")
+    assert [(g["game_index"], g["choice"], g["participant"]) for g in games] == [
+        (0, 0, "ann"),
+        (1, 0, "ann"),
+    ]
+    assert all(
+        g["response_time"] > 0 and g["feedback"] == (feedback == "--feedback") for g in games
+    )
+
+    monkeypatch.setattr(ClickingReceiver, "calls", 10)  # no more Esc: the session finishes
+    assert play.run(play.parse_args(args)) == 3
+    assert [g["game_index"] for g in rows(tmp_path / "study.sqlite")] == [0, 1, 2, 3, 4]
+
+
+def fake_agent(path, device):
+    """A deterministic stand-in for a trained checkpoint: fixed strokes, picks the darkest."""
+
+    def policy(observation, agent):
+        if agent == "sender_0":
+            return np.tile(np.float32([-0.5, 0.0, 0.5, 0.0]), (3, 1))
+        n = sum(key.startswith("candidate_") for key in observation)
+        return int(np.argmin([observation[f"candidate_{i}"].mean() for i in range(n)]))
+
+    return policy
+
+
+def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "perceptual.pt"
+    checkpoint.write_bytes(b"weights")
+    monkeypatch.setattr(play, "load_agent", fake_agent)
+    args = session(tmp_path, "--sender", str(checkpoint), "--receiver", "random")
+    play.run(play.parse_args(args))
+    games = rows(tmp_path / "study.sqlite")
+    identity = play.checkpoint_identity(str(checkpoint))
+    assert identity.startswith("checkpoint:perceptual.pt#") and games[0]["sender"] == identity
+    assert all(g["agent"] == identity and g["agent_choice"] is not None for g in games)
+    assert all(g["agent_correct"] == int(g["agent_choice"] == g["target"]) for g in games)
+    choices = [g["agent_choice"] for g in games]
+
+    # the agent as the receiver itself: its choices are the record's and the agent column's
+    args = session(
+        tmp_path, "--sender", str(checkpoint), "--receiver", str(checkpoint), db="a.sqlite"
+    )
+    play.run(play.parse_args(args))
+    agent_games = rows(tmp_path / "a.sqlite")
+    assert [g["choice"] for g in agent_games] == [g["agent_choice"] for g in agent_games] == choices
+
+
+def record(participant, setting, index, outcome, agent_right=True) -> GameRecord:
+    """A game whose choice is right ('hit'), of the right class ('class') or wrong ('miss')."""
+    labels = [0, 1, 0, 2]  # the target is candidate 0; candidate 2 shares its class
+    choice = {"hit": 0, "class": 2, "miss": 1}[outcome]
+    return GameRecord(
+        participant=participant,
+        setting=setting,
+        seed=0,
+        game_index=index,
+        sender_id=10,
+        sender_label=0,
+        candidate_ids=[10, 11, 12, 13],
+        candidate_labels=labels,
+        target=0,
+        choice=choice,
+        response_time=2.0,
+        strokes=[[0.0, 0.0, 1.0, 1.0]],
+        agent="checkpoint:a.pt#0123456789ab",
+        agent_choice=0 if agent_right else 3,
+    )
+
+
+SETTING = {
+    "game": "original",
+    "dataset": "stl10",
+    "split": "test",
+    "n_lines": 20,
+    "sender": "checkpoint:a.pt#0123456789ab",
+    "receiver": "human",
+    "feedback": False,
+}
+
+
+@pytest.fixture
+def fixture_db(tmp_path):
+    path = tmp_path / "fixture.sqlite"
+    with StudyDB(path) as db:
+        for i, outcome in enumerate(["hit", "miss", "class", "hit"]):  # p1: 2/4 right, 3/4 class
+            db.record(record("p1", SETTING, i, outcome, agent_right=i != 1))
+        for i, outcome in enumerate(["miss", "class"]):  # p2: 0/2 right, 1/2 class
+            db.record(record("p2", SETTING, i, outcome))
+        db.record(record("p1", {**SETTING, "feedback": True}, 0, "hit"))
+    return path
+
+
+def test_report_numbers_match_a_hand_count(fixture_db, tmp_path, capsys):
+    summary = summarize(rows(fixture_db))
+    no_feedback, feedback = summary
+    assert (no_feedback["games"], no_feedback["participants"]) == (6, 2)
+    assert no_feedback["comm_rate"] == pytest.approx((2 / 4 + 0 / 2) / 2)
+    assert no_feedback["comm_std"] == pytest.approx(math.sqrt(2 * 0.25**2))  # sample std
+    assert no_feedback["class_rate"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert no_feedback["class_std"] == pytest.approx(math.sqrt(2 * 0.125**2))
+    assert no_feedback["agent_rate"] == pytest.approx(5 / 6)
+    assert (feedback["comm_rate"], feedback["games"], feedback["participants"]) == (1.0, 1, 1)
+    assert math.isnan(feedback["comm_std"])
+
+    text = format_report(summary)
+    assert "no feedback" in text and "with feedback" in text
+    assert "83.3%" in text and "25.0% (±35.4)" in text and "62.5% (±17.7)" in text
+
+    out = tmp_path / "report.csv"
+    play.main(["--report", str(fixture_db), "--csv", str(out)])
+    assert "25.0% (±35.4)" in capsys.readouterr().out
+    with open(out, newline="") as file:
+        exported = list(csv.DictReader(file))
+    assert len(exported) == 2 and float(exported[0]["comm_rate"]) == pytest.approx(0.25)
+    assert exported[0]["receiver"] == "human" and exported[0]["participants"] == "2"
+
+
+def test_a_game_is_recorded_once(fixture_db):
+    with StudyDB(fixture_db) as db, pytest.raises(sqlite3.IntegrityError):
+        db.record(record("p1", SETTING, 0, "hit"))
+    assert len(rows(fixture_db)) == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--csv", "x.csv"], "--csv goes with --report"),
+        (["--receiver", "human"], "--participant"),
+        (["--games", "0"], "--games"),
+        (["--receiver", "random", "--compare", "human"], "--compare takes a checkpoint"),
+    ],
+)
+def test_bad_arguments_are_explained(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        play.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_or_database_is_explained(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        play.parse_args(["--sender", str(tmp_path / "nope.pt"), "--receiver", "random"])
+    assert "neither 'human', 'random' nor a checkpoint" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no study database"):
+        play.report(str(tmp_path / "missing.sqlite"))
