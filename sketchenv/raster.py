@@ -26,11 +26,13 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from sketchenv import _raster_cpu
 from sketchenv._raster_reference import MAX_TEMPERATURE
 
 __all__ = ["COMPOSITES", "KERNELS", "MAX_TEMPERATURE", "render_strokes", "to_rgb"]
@@ -40,8 +42,10 @@ COMPOSITES = ("softor", "over", "max")
 
 logger = logging.getLogger("sketchenv.raster")
 
-# Dense fallback path: at most this many (sketch, stroke, pixel) elements per chunk.
+# Dense PyTorch path: at most this many (sketch, stroke, pixel) elements per chunk.
 _CHUNK_ELEMENTS = 1 << 22
+# Largest |coordinate| accepted: far beyond the canvas, yet far from float overflow in d².
+_MAX_COORDINATE = 1e6
 
 
 def render_strokes(
@@ -68,11 +72,22 @@ def render_strokes(
         raise TypeError(f"invert must be a bool, got {type(invert).__name__}")
 
     batch_shape, n_strokes = strokes.shape[:-2], strokes.shape[-2]
+    # Half precision (GPU) is computed in float32; float64 stays float64 (gradcheck).
     compute_dtype = torch.float64 if strokes.dtype == torch.float64 else torch.float32
     flat = strokes.reshape(math.prod(batch_shape), n_strokes, 4).to(compute_dtype)
-    params = (height, width, sigma2, kernel, "max" if composite == "max" else "softor", invert)
-    _log_path_once(flat.device.type)
-    out = _DenseChunkedRaster.apply(flat, params)
+    use_kernel = _use_cpu_kernel(flat.device)
+    px = torch.linspace(-1, 1, width, dtype=compute_dtype, device=flat.device)
+    py = torch.linspace(-1, 1, height, dtype=compute_dtype, device=flat.device)
+    spec = (
+        px,
+        py,
+        sigma2,
+        _cutoff_d2(sigma2, kernel, compute_dtype),
+        kernel,
+        "max" if composite == "max" else "softor",  # "over" is soft-or (module docstring)
+        1.0 / MAX_TEMPERATURE,
+    )
+    out = _Raster.apply(flat.contiguous(), spec, invert, use_kernel)
     return out.reshape(*batch_shape, height, width).to(strokes.dtype)
 
 
@@ -120,8 +135,14 @@ def _check_strokes(strokes: Tensor) -> None:
             f"strokes must have shape [..., n_strokes, 4] with (x0, y0, x1, y1) last, "
             f"got {tuple(strokes.shape)}"
         )
-    if not bool(torch.isfinite(strokes).all()):
+    largest = float(strokes.detach().abs().amax()) if strokes.numel() else 0.0
+    if not math.isfinite(largest):
         raise ValueError("strokes contain NaN or infinite coordinates")
+    if largest > _MAX_COORDINATE:
+        raise ValueError(
+            f"stroke coordinates must lie within ±{_MAX_COORDINATE:g} (the canvas is [-1, 1]), "
+            f"got {largest:g}"
+        )
 
 
 def _check_sigma2(sigma2: float) -> float:
@@ -133,13 +154,88 @@ def _check_sigma2(sigma2: float) -> float:
     return value
 
 
-_logged_paths: set[str] = set()
+def _cutoff_d2(sigma2: float, kernel: str, dtype: torch.dtype) -> float:
+    """Squared distance beyond which a stroke's ink is below a quarter of the dtype's epsilon.
+
+    Beyond it `1 - r` rounds to 1, so skipping those pixels changes no value and drops gradient
+    terms ~1e-7 (float32) of the largest; any sigma2 works (large ones simply cull nothing).
+    """
+    tiny = torch.finfo(dtype).eps / 4
+    z = -math.log(tiny) if kernel == "exp" else math.log(2 / tiny - 1)  # r(z) = tiny
+    return sigma2 * z
 
 
-def _log_path_once(device_type: str) -> None:
-    if device_type not in _logged_paths:
-        _logged_paths.add(device_type)
-        logger.info("rasterising on %s with the chunked dense PyTorch path", device_type)
+_logged: set[str] = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.log(level, message)
+
+
+def _use_cpu_kernel(device: torch.device) -> bool:
+    """Whether to run the compiled CPU kernel (else the chunked dense PyTorch path); logs once."""
+    if device.type != "cpu":
+        _log_once(logging.INFO, f"rasterising on {device.type} with the chunked PyTorch path")
+        return False
+    if os.environ.get("SKETCHENV_RASTER", "auto") == "torch":
+        _log_once(logging.INFO, "rasterising on cpu with the chunked PyTorch path (forced)")
+        return False
+    library, note = _raster_cpu.load()
+    if library is not None and _kernel_self_test_failure() is None:
+        _log_once(logging.INFO, f"rasterising on cpu with the {note}")
+        return True
+    reason = note if library is None else _kernel_self_test_failure()
+    _log_once(logging.WARNING, f"{reason}; rasterising on cpu with the slower PyTorch path")
+    return False
+
+
+_self_test: list[str | None] = []
+
+
+def _kernel_self_test_failure() -> str | None:
+    """Compare the compiled kernel with the PyTorch path once per process; None if they agree."""
+    if not _self_test:
+        generator = torch.Generator().manual_seed(0)
+        failure = None
+        for dtype in (torch.float32, torch.float64):
+            strokes = torch.rand(3, 5, 4, generator=generator, dtype=dtype) * 2.4 - 1.2
+            strokes[0, 1, 2:] = strokes[0, 1, :2]  # a dot
+            weights = torch.rand(3, 9, 11, generator=generator, dtype=dtype)
+            for kernel in KERNELS:
+                for composite in ("softor", "max"):
+                    px = torch.linspace(-1, 1, 11, dtype=dtype)
+                    py = torch.linspace(-1, 1, 9, dtype=dtype)
+                    spec = (
+                        px,
+                        py,
+                        0.02,
+                        _cutoff_d2(0.02, kernel, dtype),
+                        kernel,
+                        composite,
+                        1 / MAX_TEMPERATURE,
+                    )
+                    results = []
+                    for use_kernel in (True, False):
+                        s = strokes.clone().requires_grad_()
+                        out = _Raster.apply(s, spec, True, use_kernel)
+                        (grad,) = torch.autograd.grad((out * weights).sum(), s)
+                        results.append((out, grad))
+                    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+                    (out_k, grad_k), (out_t, grad_t) = results
+                    if not (
+                        torch.allclose(out_k, out_t, atol=tolerance, rtol=tolerance)
+                        and torch.allclose(
+                            grad_k, grad_t, atol=tolerance * grad_t.abs().max(), rtol=tolerance
+                        )
+                    ):
+                        failure = (
+                            f"compiled CPU kernel disagrees with PyTorch ({kernel}, "
+                            f"{composite}, {dtype})"
+                        )
+        _self_test.append(failure)
+    return _self_test[0]
 
 
 # --------------------------------------------------------------------------- dense chunked path
@@ -148,22 +244,23 @@ def _log_path_once(device_type: str) -> None:
 def _stroke_geometry(strokes: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, ...]:
     """Per (sketch, stroke, pixel): t, the offset e = p - closest point, and d² = |e|².
 
-    Where the closest point is inside the stroke, e is computed as the exact perpendicular
-    (via the cross product), not as u - t d: the rounding error of t would otherwise leave a
-    component of e along the stroke that biases gradients summed over many pixels.
+    e = (perpendicular part, exact via the cross product) + (overshoot past an end) + (u for a
+    dot), the same branch-free form as the compiled kernel. Inside the stroke t_raw - t is
+    exactly 0, so e has no along-stroke rounding residue (u - t d would, and that residue biases
+    gradients summed over many pixels).
     """
     x0, y0, x1, y1 = (c[..., None, None] for c in strokes.unbind(-1))
     dx, dy = x1 - x0, y1 - y0
     length2 = dx * dx + dy * dy
+    dot = (length2 == 0).to(strokes.dtype)  # a dot takes t = 1/2: both ends share its gradient
+    inv_length2 = torch.where(length2 == 0, 0.0, 1 / length2)
     ux, uy = px - x0, py - y0
-    nonzero = length2 > 0
-    safe_length2 = torch.where(nonzero, length2, 1.0)
-    t_raw = (ux * dx + uy * dy) / safe_length2
-    interior = (t_raw > 0) & (t_raw < 1) & nonzero
-    t = torch.where(nonzero, t_raw.clamp(0, 1), 0.5)
-    k = (ux * dy - uy * dx) / safe_length2
-    ex = torch.where(interior, k * dy, ux - t * dx)
-    ey = torch.where(interior, -k * dx, uy - t * dy)
+    t_raw = (ux * dx + uy * dy) * inv_length2
+    t = torch.clamp(t_raw, 0.5 * dot, 1 - 0.5 * dot)
+    k = (ux * dy - uy * dx) * inv_length2
+    past = t_raw - t
+    ex = k * dy + past * dx + dot * ux
+    ey = past * dy - k * dx + dot * uy
     return t, ex, ey, ex * ex + ey * ey
 
 
@@ -182,80 +279,96 @@ def _chunks(n_sketches: int, n_strokes: int, n_pixels: int):
             yield slice(b, b + sketch_step), slice(s, s + stroke_step)
 
 
-class _DenseChunkedRaster(torch.autograd.Function):
-    """Dense maths in bounded chunks; backward recomputes each chunk from per-pixel aggregates.
+def _dense_forward(strokes: Tensor, spec: tuple, invert: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Sketch and per-pixel aggregates (see _Raster), in chunks of bounded size."""
+    px, py, sigma2, _, kernel, composite, inv_temperature = spec
+    n_sketches, n_strokes, _ = strokes.shape
+    shape = (n_sketches, py.numel(), px.numel())
+    # soft-or: A = product of the non-zero (1 - r), B = number of zero factors;
+    # max: A = Σ exp(r / T), B = Σ r exp(r / T), then the ink B / A.
+    acc_a = strokes.new_full(shape, 1.0 if composite == "softor" else float(n_strokes))
+    acc_b = strokes.new_zeros(shape)
+    for sk, st in _chunks(n_sketches, n_strokes, px.numel() * py.numel()):
+        r = _ink(_stroke_geometry(strokes[sk, st], px, py[:, None])[3], sigma2, kernel)
+        if composite == "softor":
+            factor = 1 - r
+            zero = factor == 0
+            acc_a[sk] *= torch.where(zero, 1.0, factor).prod(dim=1)
+            acc_b[sk] += zero.sum(dim=1)
+        else:
+            e = torch.exp(r * inv_temperature)
+            acc_a[sk] += (e - 1).sum(dim=1)
+            acc_b[sk] += (e * r).sum(dim=1)
+    if composite == "softor":
+        paper = torch.where(acc_b > 0, 0.0, acc_a)
+        return (paper if invert else 1 - paper), acc_a, acc_b
+    acc_b = acc_b / acc_a
+    return (1 - acc_b if invert else acc_b), acc_a, acc_b
 
-    Saved per pixel: soft-or keeps the product of the non-zero factors (1 - r_i) and the count of
-    exactly-zero factors, so the product of the *other* factors is exact even where r_i = 1;
-    smooth-max keeps the softmax normaliser and the composited ink.
+
+def _dense_backward(
+    strokes: Tensor, spec: tuple, grad_ink: Tensor, acc_a: Tensor, acc_b: Tensor
+) -> Tensor:
+    """Gradient wrt strokes, recomputing each chunk from the per-pixel aggregates."""
+    px, py, sigma2, _, kernel, composite, inv_temperature = spec
+    grad = torch.zeros_like(strokes)
+    for sk, st in _chunks(*strokes.shape[:2], px.numel() * py.numel()):
+        t, ex, ey, d2 = _stroke_geometry(strokes[sk, st], px, py[:, None])
+        r = _ink(d2, sigma2, kernel)
+        g = grad_ink[sk, None]
+        if composite == "softor":
+            # d I / d r_i = product of the other factors, exact where a factor is 0.
+            factor = 1 - r
+            prod_nz, zeros = acc_a[sk, None], acc_b[sk, None]
+            others = torch.where(
+                zeros == 0,
+                prod_nz / torch.where(factor == 0, 1.0, factor),
+                torch.where((zeros == 1) & (factor == 0), prod_nz, 0.0),
+            )
+            grad_r = g * others
+        else:  # d/dr_i of Σ_j softmax(r / T)_j r_j
+            norm, ink = acc_a[sk, None], acc_b[sk, None]
+            e = torch.exp(r * inv_temperature)
+            grad_r = g * (e / norm) * (1 + (r - ink) * inv_temperature)
+        dr_dz = r if kernel == "exp" else r * (1 - 0.5 * r)  # r = k(z), z = -d²/σ²
+        # d r / d c = r'(z) (-1/σ²) (-2 e) for the closest point c = a + t (b - a), e = p - c
+        g_c = grad_r * dr_dz * (2.0 / sigma2)
+        gx, gy = g_c * ex, g_c * ey
+        # c = (1 - t) a + t b; sum each end separately (Σ g - Σ g t would cancel badly).
+        grad[sk, st] = torch.stack(
+            [(gc * w).sum((-2, -1)) for w in (1 - t, t) for gc in (gx, gy)], dim=-1
+        )
+    return grad
+
+
+class _Raster(torch.autograd.Function):
+    """Strokes [B, n, 4] -> sketches [B, H, W] without keeping per-(stroke, pixel) tensors.
+
+    Forward keeps two per-pixel aggregates. Soft-or: the product of the non-zero factors
+    (1 - r_i) and the count of zero factors, so the product of the *other* factors needed by
+    the gradient is exact even where r_i = 1 (no 0/0). Smooth-max: the softmax normaliser and
+    the ink. Backward recomputes each stroke's ink from the strokes and these aggregates.
     """
 
     @staticmethod
-    def forward(ctx, strokes: Tensor, params: tuple) -> Tensor:
-        height, width, sigma2, kernel, composite, invert = params
-        n_sketches, n_strokes, _ = strokes.shape
-        px = torch.linspace(-1, 1, width, dtype=strokes.dtype, device=strokes.device)
-        py = torch.linspace(-1, 1, height, dtype=strokes.dtype, device=strokes.device)[:, None]
-        shape = (n_sketches, height, width)
-        if composite == "softor":
-            acc_a = strokes.new_ones(shape)  # product of non-zero (1 - r)
-            acc_b = strokes.new_zeros(shape)  # number of zero factors
+    def forward(ctx, strokes: Tensor, spec: tuple, invert: bool, use_kernel: bool) -> Tensor:
+        if use_kernel:
+            library, _ = _raster_cpu.load()
+            out, acc_a, acc_b = _raster_cpu.forward(library, strokes, spec, invert)
         else:
-            acc_a = strokes.new_full(shape, float(n_strokes))  # Σ exp(r / T); culled r = 0
-            acc_b = strokes.new_zeros(shape)  # Σ r exp(r / T)
-        for sk, st in _chunks(n_sketches, n_strokes, height * width):
-            r = _ink(_stroke_geometry(strokes[sk, st], px, py)[3], sigma2, kernel)
-            if composite == "softor":
-                factor = 1 - r
-                zero = factor == 0
-                acc_a[sk] *= torch.where(zero, 1.0, factor).prod(dim=1)
-                acc_b[sk] += zero.sum(dim=1)
-            else:
-                e = torch.exp(r / MAX_TEMPERATURE)
-                acc_a[sk] += (e - 1).sum(dim=1)
-                acc_b[sk] += (e * r).sum(dim=1)
-        if composite == "softor":
-            ink = 1 - torch.where(acc_b > 0, 0.0, acc_a)
-        else:
-            ink = acc_b / acc_a
-            acc_b = ink
+            out, acc_a, acc_b = _dense_forward(strokes, spec, invert)
         ctx.save_for_backward(strokes, acc_a, acc_b)
-        ctx.params = params
-        return 1 - ink if invert else ink
+        ctx.spec, ctx.invert, ctx.use_kernel = spec, invert, use_kernel
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         strokes, acc_a, acc_b = ctx.saved_tensors
-        height, width, sigma2, kernel, composite, invert = ctx.params
-        px = torch.linspace(-1, 1, width, dtype=strokes.dtype, device=strokes.device)
-        py = torch.linspace(-1, 1, height, dtype=strokes.dtype, device=strokes.device)[:, None]
-        grad_ink = -grad_out if invert else grad_out
-        grad = torch.zeros_like(strokes)
-        for sk, st in _chunks(*strokes.shape[:2], height * width):
-            t, ex, ey, d2 = _stroke_geometry(strokes[sk, st], px, py)
-            r = _ink(d2, sigma2, kernel)
-            g = grad_ink[sk, None]
-            if composite == "softor":
-                # d I / d r_i = product of the other factors, exact where a factor is 0.
-                factor = 1 - r
-                prod_nz, zeros = acc_a[sk, None], acc_b[sk, None]
-                others = torch.where(
-                    zeros == 0,
-                    prod_nz / torch.where(factor == 0, 1.0, factor),
-                    torch.where((zeros == 1) & (factor == 0), prod_nz, 0.0),
-                )
-                g_r = g * others
-            else:
-                norm, ink = acc_a[sk, None], acc_b[sk, None]
-                e = torch.exp(r / MAX_TEMPERATURE)
-                g_r = g * (e / norm) * (1 + (r - ink) / MAX_TEMPERATURE)
-            dr_dz = r if kernel == "exp" else r * (1 - 0.5 * r)  # r = k(z), z = -d²/σ²
-            # d r / d c = r'(z) (-1/σ²) (-2 e) for the closest point c = a + t (b - a), e = p - c
-            g_c = g_r * dr_dz * (2.0 / sigma2)
-            gx, gy = g_c * ex, g_c * ey
-            # c = (1 - t) a + t b; sum each end separately (Σ g - Σ g t would cancel badly).
-            grad[sk, st] = torch.stack(
-                [(g * w).sum((-2, -1)) for w in (1 - t, t) for g in (gx, gy)], dim=-1
-            )
-        return grad, None
+        grad_ink = (-grad_out if ctx.invert else grad_out).contiguous()
+        if ctx.use_kernel:
+            library, _ = _raster_cpu.load()
+            grad = _raster_cpu.backward(library, strokes, ctx.spec, grad_ink, acc_a, acc_b)
+        else:
+            grad = _dense_backward(strokes, ctx.spec, grad_ink, acc_a, acc_b)
+        return grad, None, None, None

@@ -7,10 +7,21 @@ import math
 import pytest
 import torch
 
+from sketchenv import _raster_cpu
 from sketchenv._raster_reference import naive_render_strokes
 from sketchenv.raster import COMPOSITES, KERNELS, MAX_TEMPERATURE, render_strokes, to_rgb
 
 MODES = [(k, c) for k in KERNELS for c in COMPOSITES]
+
+
+@pytest.fixture(params=["kernel", "torch"], autouse=True)
+def backend(request, monkeypatch):
+    """Run every test on the compiled CPU kernel and on the chunked PyTorch path."""
+    if request.param == "torch":
+        monkeypatch.setenv("SKETCHENV_RASTER", "torch")
+    elif _raster_cpu.load()[0] is None:
+        pytest.skip("compiled CPU kernel unavailable (no C++ compiler)")
+    return request.param
 
 
 def brute_force(strokes, height, width, sigma2, kernel, composite, invert):
@@ -208,3 +219,19 @@ def test_bad_input_errors(strokes, kwargs, error, match):
     kwargs = {"image_size": 8, **kwargs}
     with pytest.raises(error, match=match):
         render_strokes(strokes, kwargs.pop("image_size"), **kwargs)
+
+
+def test_kernel_path_is_used_when_available(backend, caplog):
+    from sketchenv import raster
+
+    uses_kernel = raster._use_cpu_kernel(torch.device("cpu"))
+    assert uses_kernel == (backend == "kernel")
+
+
+@pytest.mark.parametrize("sigma2", [1e-4, 0.5, 4.0])
+def test_thickness_from_thin_to_wider_than_the_canvas(sigma2):
+    strokes = random_strokes(3, 4, seed=8)
+    for composite in COMPOSITES:
+        ours = render_strokes(strokes, (17, 13), sigma2=sigma2, composite=composite)
+        naive = naive_render_strokes(strokes, (17, 13), sigma2=sigma2, composite=composite)
+        torch.testing.assert_close(ours, naive, rtol=1e-5, atol=1e-5)
