@@ -178,8 +178,7 @@ class SketchParallelEnv(ParallelEnv):
         truncations = dict.fromkeys(self.agents, False)
         if self._phase == 0:
             strokes = self._check_strokes(actions[SENDER])
-            with torch.no_grad():
-                self._sketch = _to_hwc(self.core.render(torch.from_numpy(strokes)))
+            self._sketch = _to_hwc(self.core.render(torch.from_numpy(strokes)))  # no grad needed
             self._phase = 1
         else:
             self._choice = self._check_choice(actions[RECEIVER])
@@ -330,5 +329,5 @@ def _resolve_dataset(dataset, split: str, image_size: int | None, root: str, dow
 
 def _to_hwc(images: torch.Tensor) -> np.ndarray:
     """Float `[..., 3, H, W]` in [0, 1] -> uint8 `[..., H, W, 3]`."""
-    pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    return np.ascontiguousarray(pixels.movedim(-3, -1).numpy())
+    hwc = images.detach().movedim(-3, -1).contiguous()  # a copy, so the in-place ops are safe
+    return hwc.mul_(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
