@@ -162,26 +162,47 @@ def fake_agent(path, device):
     return policy
 
 
+TRAINED = {  # the game a (fake) checkpoint was trained on
+    "game": "original",
+    "dataset": "shapes",
+    "root": "./data",
+    "image_size": 16,
+    "n_distractors": 5,
+    "n_lines": 3,
+    "sigma2": 1e-3,
+    "kernel": "exp",
+    "composite": "softor",
+    "invert": True,
+}
+
+
 def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monkeypatch):
     checkpoint = tmp_path / "perceptual.pt"
     checkpoint.write_bytes(b"weights")
     monkeypatch.setattr(play, "load_agent", fake_agent)
-    args = session(tmp_path, "--sender", str(checkpoint), "--receiver", "random")
-    play.run(play.parse_args(args))
+    monkeypatch.setattr(play, "trained_game", lambda path: dict(TRAINED))
+    db = str(tmp_path / "study.sqlite")
+    args = ["--sender", str(checkpoint), "--receiver", "random", "--games", "4", "--db", db]
+    play.run(play.parse_args(args))  # no game flags: the checkpoint's game is played
     games = rows(tmp_path / "study.sqlite")
     identity = play.checkpoint_identity(str(checkpoint))
     assert identity.startswith("checkpoint:perceptual.pt#") and games[0]["sender"] == identity
+    setting = json.loads(games[0]["setting"])
+    assert setting["sigma2"] == 1e-3 and setting["n_lines"] == 3 and setting["split"] == "test"
+    assert all(len(json.loads(g["candidate_ids"])) == 6 for g in games)
     assert all(g["agent"] == identity and g["agent_choice"] is not None for g in games)
     assert all(g["agent_correct"] == int(g["agent_choice"] == g["target"]) for g in games)
     choices = [g["agent_choice"] for g in games]
 
     # the agent as the receiver itself: its choices are the record's and the agent column's
-    args = session(
-        tmp_path, "--sender", str(checkpoint), "--receiver", str(checkpoint), db="a.sqlite"
-    )
-    play.run(play.parse_args(args))
+    args = ["--sender", str(checkpoint), "--receiver", str(checkpoint), "--games", "4"]
+    play.run(play.parse_args([*args, "--db", str(tmp_path / "a.sqlite")]))
     agent_games = rows(tmp_path / "a.sqlite")
     assert [g["choice"] for g in agent_games] == [g["agent_choice"] for g in agent_games] == choices
+
+    # flags override the checkpoint's game
+    play.run(play.parse_args([*args, "--n-distractors", "2", "--db", str(tmp_path / "b.sqlite")]))
+    assert all(len(json.loads(g["candidate_ids"])) == 3 for g in rows(tmp_path / "b.sqlite"))
 
 
 def record(participant, setting, index, outcome, agent_right=True) -> GameRecord:

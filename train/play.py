@@ -27,6 +27,15 @@ from sketchenv.human import GameWindow, HumanReceiver, HumanSender, PlayerQuit
 from train.study import GameRecord, StudyDB, format_report, load_rows, summarize, write_csv
 
 SENDER, RECEIVER = "sender_0", "receiver_0"
+PLAYERS = ("human", "random", None)  # anything else names a checkpoint
+DEFAULTS = {  # the game when neither a flag nor a checkpoint says otherwise
+    "game": "original",
+    "dataset": "shapes",
+    "root": "./data",
+    "image_size": None,
+    "n_distractors": None,
+    "n_lines": 20,
+}
 Policy = Callable[[dict, str], object]
 
 
@@ -52,13 +61,21 @@ def game_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def checkpoint_file(path: str) -> Path:
+    """The checkpoint file of ``path``: a ``.pt`` file, or a run folder's best/last one."""
+    from agents.checkpoint import find_checkpoint
+
+    return find_checkpoint(path)
+
+
 def checkpoint_identity(path: str) -> str:
     """``checkpoint:<file name>#<sha256 prefix>``: stable when the file moves, changes with it."""
+    file = checkpoint_file(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"checkpoint:{Path(path).name}#{digest.hexdigest()[:12]}"
+    return f"checkpoint:{file.name}#{digest.hexdigest()[:12]}"
 
 
 def load_agent(path: str, device: str | None) -> Policy:
@@ -68,8 +85,39 @@ def load_agent(path: str, device: str | None) -> Policy:
     return AgentPolicy.from_checkpoint(path, device=device)
 
 
+def trained_game(path: str) -> dict:
+    """The env options of the game the checkpoint's agents were trained on."""
+    from agents.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(checkpoint_file(path))
+    config, game = payload["config"], payload["game"]
+    return {
+        "game": game["game"],
+        "dataset": config["dataset"],
+        "root": config["data_root"],
+        "image_size": config["image_size"],
+        "n_distractors": game["n_distractors"],
+        "n_lines": game["n_lines"],
+        "sigma2": game["sigma2"],
+        "kernel": game["kernel"],
+        "composite": game["composite"],
+        "invert": game["invert"],
+    }
+
+
+def game_options(args: argparse.Namespace) -> dict:
+    """The env's options: the flags given, else the first checkpoint's game, else defaults."""
+    checkpoints = [s for s in (args.sender, args.receiver, args.compare) if s not in PLAYERS]
+    trained = trained_game(checkpoints[0]) if checkpoints else {}
+    options = {**trained, "split": args.split}
+    for key, default in DEFAULTS.items():
+        flag = getattr(args, key)
+        options[key] = flag if flag is not None else trained.get(key, default)
+    return options
+
+
 def player_identity(spec: str) -> str:
-    return spec if spec in ("human", "random") else checkpoint_identity(spec)
+    return spec if spec in PLAYERS else checkpoint_identity(spec)
 
 
 def game_facts(env) -> dict:
@@ -126,7 +174,7 @@ def play_game(
 
 
 def make_players(
-    args: argparse.Namespace, env, window: GameWindow | None
+    args: argparse.Namespace, env, window: GameWindow | None, n_lines: int
 ) -> tuple[Policy, Policy, Policy | None, str | None]:
     """The sender, the receiver, the compared agent receiver (if any) and that agent's name.
 
@@ -134,14 +182,14 @@ def make_players(
     a person or random; when the receiver is itself a checkpoint it is the compared agent.
     """
     compare_spec = args.compare
-    if compare_spec is None and args.receiver in ("human", "random"):
-        compare_spec = None if args.sender in ("human", "random") else args.sender
-    specs = {args.sender, args.receiver, compare_spec} - {"human", "random", None}
+    if compare_spec is None and args.receiver in PLAYERS:
+        compare_spec = None if args.sender in PLAYERS else args.sender
+    specs = {args.sender, args.receiver, compare_spec} - set(PLAYERS)
     agents = {spec: load_agent(spec, args.device) for spec in sorted(specs)}
 
     def make(spec: str, role: str) -> Policy:
         if spec == "human" and role == SENDER:
-            return HumanSender(window, n_lines=args.n_lines)
+            return HumanSender(window, n_lines=n_lines)
         if spec == "human":
             return HumanReceiver(window)
         if spec == "random":
@@ -170,14 +218,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "column (default: the sender's checkpoint when the receiver is not an agent)",
     )
     parser.add_argument(
-        "--game", default="original", choices=("original", "oo-same", "oo-different")
+        "--game",
+        default=None,
+        choices=("original", "oo-same", "oo-different"),
+        help="default: the checkpoint's, else original",
     )
-    parser.add_argument("--dataset", default="shapes")
+    parser.add_argument("--dataset", default=None, help="default: the checkpoint's, else shapes")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--root", default="./data", help="dataset folder")
+    parser.add_argument("--root", default=None, help="dataset folder (default ./data)")
     parser.add_argument("--n-distractors", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--n-lines", type=int, default=20)
+    parser.add_argument(
+        "--n-lines", type=int, default=None, help="default: the checkpoint's, else 20"
+    )
     parser.add_argument("--games", type=int, default=30, help="games per session")
     parser.add_argument("--seed", type=int, default=0, help="the session's games depend on it")
     parser.add_argument("--participant", default=None, help="name or code of the player")
@@ -198,12 +251,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--csv goes with --report DB")
     if args.games < 1:
         parser.error(f"--games must be >= 1, got {args.games}")
-    if args.n_lines < 1:
+    if args.n_lines is not None and args.n_lines < 1:
         parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
     for option in ("sender", "receiver", "compare"):
         spec = getattr(args, option)
-        if spec not in (None, "human", "random") and not Path(spec).is_file():
-            parser.error(f"--{option} {spec!r} is neither 'human', 'random' nor a checkpoint file")
+        if spec not in PLAYERS and not Path(spec).exists():
+            parser.error(
+                f"--{option} {spec!r} is neither 'human', 'random' nor a checkpoint file "
+                "or run folder"
+            )
     if args.compare in ("human", "random"):
         parser.error("--compare takes a checkpoint (an agent receiver), not a person or random")
     humans = "human" in (args.sender, args.receiver)
@@ -220,15 +276,10 @@ def report(path: str, csv_path: str | None = None) -> str:
     return format_report(summary)
 
 
-def session_setting(args: argparse.Namespace) -> dict:
+def session_setting(args: argparse.Namespace, options: dict) -> dict:
     """What makes two sessions comparable: the game, the data and who plays how."""
     return {
-        "game": args.game,
-        "dataset": args.dataset,
-        "split": args.split,
-        "n_distractors": args.n_distractors,
-        "image_size": args.image_size,
-        "n_lines": args.n_lines,
+        **{key: value for key, value in options.items() if key != "root"},
         "sender": player_identity(args.sender),
         "receiver": player_identity(args.receiver),
         "feedback": args.feedback,
@@ -239,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     """Play the session's remaining games, recording each as it ends; returns how many."""
     db_path = Path(args.db) if args.db else Path(args.output) / "study.sqlite"
     participant = args.participant or "agents"
-    setting = session_setting(args)
+    options = game_options(args)
+    setting = session_setting(args, options)
     db = StudyDB(db_path)
     done = db.played(participant, setting, args.seed)
     todo = [i for i in range(args.games) if i not in done]
@@ -247,25 +299,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{participant} has finished all {args.games} games of this setting ({db_path}).")
         db.close()
         return 0
-    env = sketchenv.parallel_env(
-        game=args.game,
-        dataset=args.dataset,
-        split=args.split,
-        root=args.root,
-        n_distractors=args.n_distractors,
-        image_size=args.image_size,
-        n_lines=args.n_lines,
-    )
+    env = sketchenv.parallel_env(**options)
     window = None
     if "human" in (args.sender, args.receiver):
         window = GameWindow(tuple(args.window_size), feedback=args.feedback)
-    sender, receiver, compare, agent = make_players(args, env, window)
+    sender, receiver, compare, agent = make_players(args, env, window, options["n_lines"])
     wins = db.wins(participant, setting, args.seed)
     played = 0
     try:
         if window is not None:
             title = f"Hello {participant}: {len(todo)} games to play"
-            window.message(title, _instructions(args, len(done)))
+            window.message(title, _instructions(args, options["n_lines"], len(done)))
         for index in todo:
             for role, policy in enumerate((sender, receiver)):
                 if isinstance(policy, RandomPolicy):
@@ -310,13 +354,13 @@ def run(args: argparse.Namespace) -> int:
     return played
 
 
-def _instructions(args: argparse.Namespace, done: int) -> list[str]:
+def _instructions(args: argparse.Namespace, n_lines: int, done: int) -> list[str]:
     lines = []
     if args.receiver == "human":
         lines.append("You see a sketch and some images: pick the image the sketch shows.")
         lines.append("Click it, or type its number and press Enter.")
     if args.sender == "human":
-        lines.append(f"You see an image: draw it with at most {args.n_lines} straight lines.")
+        lines.append(f"You see an image: draw it with at most {n_lines} straight lines.")
         lines.append("Drag to draw, Backspace / Ctrl-Z / right click undoes, Enter sends.")
     lines.append(
         "After each game you see the right answer." if args.feedback else "There is no feedback."
