@@ -7,7 +7,7 @@ the display closes when the last handle does.
 
 What a person sees is guarded: with a human receiver the sender's image (the target in
 the ``original`` game) stays hidden until the choice is made, a human sender never sees
-the candidates, and ``feedback=False`` hides the right answer and the score.
+the candidates before sending, and ``feedback=False`` hides the right answer and the score.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _pygame():
 
 @dataclass
 class Layout:
-    """Where things were last drawn, in window pixels ``(x, y, w, h)``; tests click on these."""
+    """Where things are drawn, in window pixels ``(x, y, w, h)`` (e.g. for clicks in tests)."""
 
     main: tuple[int, int, int, int] | None = None  # the big picture: sketch, or sender image
     canvas: tuple[int, int, int, int] | None = None  # the sender's drawing canvas
@@ -91,6 +91,9 @@ class _Display:
         if self.surface is None:
             pg.display.init()
             pg.font.init()
+            if pg.display.get_driver() != "dummy":  # fit the screen, leaving room for the frame
+                screen_w, screen_h = pg.display.get_desktop_sizes()[0]
+                size = (min(size[0], screen_w - 40), min(size[1], screen_h - 80))
             self.surface = pg.display.set_mode(size)
             pg.display.set_caption(caption)
             self.clock = pg.time.Clock()
@@ -204,7 +207,7 @@ class GameWindow:
     ) -> None:
         if len(size) != 2 or min(size) < 320:
             raise ValueError(f"window size must be (width, height), both >= 320; got {size}")
-        self.size = (int(size[0]), int(size[1]))
+        self.requested_size = (int(size[0]), int(size[1]))
         self.fps = fps
         self.outcome_seconds = outcome_seconds
         self.caption = caption
@@ -214,6 +217,13 @@ class GameWindow:
             _display.feedback = bool(feedback)
 
     # -- the shared display -------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int]:
+        """The window's size in pixels: as requested, or as opened (fitted to the screen)."""
+        if _display.surface is not None:
+            return _display.surface.get_size()
+        return self.requested_size
+
     @property
     def feedback(self) -> bool:
         """Whether the person sees the right answer and the score after each game."""
