@@ -1,0 +1,148 @@
+"""The self-play experiment configuration: one dataclass, readable from JSON or TOML.
+
+Precedence: the dataclass defaults < a ``--config`` file < command-line flags. Keys in
+files may use ``-`` or ``_`` (``n-distractors`` == ``n_distractors``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GAMES = ("original", "oo-same", "oo-different")
+# Keys that may change when a run is resumed (they do not affect what is computed).
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_budget", "device", "output", "log_every")
+
+
+@dataclass
+class SelfPlayConfig:
+    """Everything that defines a self-play run (``python -m train.selfplay --help``)."""
+
+    # The game
+    game: str = "original"
+    dataset: str = "shapes"
+    data_root: str = "./data"
+    download: bool = False
+    image_size: int | None = 32
+    n_distractors: int | None = None
+    lines: int = 20
+    sigma2: float = 5e-4
+    invert: bool = True
+    # The agents
+    backbone: str = "small"
+    weights: str | None = None
+    backbone_width: int = 32
+    freeze_backbone: bool = False
+    separate_encoders: bool = False
+    latent_size: int = 64
+    sender_hidden: list[int] = field(default_factory=lambda: [64, 256])
+    receiver_hidden: list[int] = field(default_factory=lambda: [64])
+    receiver_out: int = 64
+    score: str = "cosine"
+    score_scale: float = 10.0
+    # The losses
+    loss: str = "hinge"
+    perceptual_coef: float = 0.0
+    perceptual_weights: list[float] | None = None
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    # The run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    output: str | None = None
+    val_games: int = 1000
+    max_steps: int | None = None
+    time_budget: float | None = None
+    log_every: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SelfPlayConfig:
+        return config_from_dict({**self.to_dict(), **changes})
+
+
+def config_from_dict(values: dict[str, Any]) -> SelfPlayConfig:
+    """Build a config from a mapping, rejecting unknown keys and checking values."""
+    names = {f.name for f in dataclasses.fields(SelfPlayConfig)}
+    cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(cleaned) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
+    config = SelfPlayConfig(**cleaned)
+    check_config(config)
+    return config
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON (``.json``) or TOML (``.toml``) experiment file into a flat mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    if path.suffix not in (".json", ".toml"):
+        raise ValueError(f"config file {str(path)!r} must end in .json or .toml")
+    toml = _toml_module() if path.suffix == ".toml" else None
+    try:
+        data = toml.loads(path.read_text()) if toml else json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"could not parse config file {str(path)!r}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a table/object of options")
+    return data
+
+
+def _toml_module() -> Any:
+    """``tomllib`` (Python >= 3.11) or the ``tomli`` backport."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ValueError(
+                "TOML config files need Python >= 3.11 or `pip install tomli`; "
+                "or write the config as JSON"
+            ) from None
+    return tomllib
+
+
+def check_config(c: SelfPlayConfig) -> None:
+    """Raise ``ValueError`` naming the first option whose value cannot work."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    need(c.game in GAMES, f"game must be one of {GAMES}, got {c.game!r}")
+    need(c.backbone in ("small", "vgg16"), f"backbone must be small or vgg16, got {c.backbone!r}")
+    need(c.loss in ("hinge", "ce"), f"loss must be hinge or ce, got {c.loss!r}")
+    need(c.score in ("dot", "cosine"), f"score must be dot or cosine, got {c.score!r}")
+    need(c.lr_schedule in ("cosine", "constant"), "lr_schedule must be cosine or constant")
+    need(c.image_size is None or c.image_size >= 8, "image_size must be >= 8 (or unset)")
+    need(c.n_distractors is None or c.n_distractors >= 1, "n_distractors must be >= 1")
+    need(c.lines >= 1, "lines must be >= 1")
+    need(c.sigma2 > 0, "sigma2 must be > 0")
+    need(c.epochs >= 1, "epochs must be >= 1")
+    need(c.batch_size >= 1, "batch_size must be >= 1")
+    need(c.lr > 0, "lr must be > 0")
+    need(c.weight_decay >= 0, "weight_decay must be >= 0")
+    need(c.warmup_steps >= 0, "warmup_steps must be >= 0")
+    need(c.grad_clip is None or c.grad_clip > 0, "grad_clip must be > 0 (or unset to disable)")
+    need(c.perceptual_coef >= 0, "perceptual_coef must be >= 0")
+    need(c.score_scale >= 1, "score_scale must be >= 1")
+    need(c.val_games >= 1, "val_games must be >= 1")
+    need(c.max_steps is None or c.max_steps >= 1, "max_steps must be >= 1 (or unset)")
+    need(c.time_budget is None or c.time_budget > 0, "time_budget must be > 0 (or unset)")
+    need(c.log_every >= 1, "log_every must be >= 1")
+    need(c.latent_size >= 1 and c.receiver_out >= 1, "latent/receiver sizes must be >= 1")
+    need(all(int(h) >= 1 for h in [*c.sender_hidden, *c.receiver_hidden]), "hidden sizes >= 1")

@@ -1,0 +1,64 @@
+"""Turn a :class:`~agents.config.SelfPlayConfig` into the objects of a run.
+
+Shared by ``train.selfplay`` (to start a run) and :mod:`agents.checkpoint` (to rebuild a
+saved run), so both build games and agents the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agents.config import SelfPlayConfig
+from agents.models import Receiver, Sender, build_agents
+from sketchenv.datasets import make_dataset
+from sketchenv.game import SketchGame
+
+
+def make_game(
+    config: SelfPlayConfig, split: str = "train", *, game: str | None = None
+) -> SketchGame:
+    """The config's dataset split wrapped in a :class:`SketchGame` (``game`` overrides the
+    variant, e.g. to evaluate a checkpoint on another game)."""
+    dataset = make_dataset(
+        config.dataset,
+        split,
+        image_size=config.image_size,
+        root=config.data_root,
+        download=config.download,
+        seed=config.seed,
+    )
+    return SketchGame(
+        dataset,
+        game or config.game,
+        n_distractors=config.n_distractors,
+        n_lines=config.lines,
+        sigma2=config.sigma2,
+        invert=config.invert,
+        seed=config.seed,
+    )
+
+
+def make_agents(
+    config: SelfPlayConfig, image_size: Sequence[int], *, load_weights: bool = True
+) -> tuple[Sender, Receiver]:
+    """The sender and receiver the config describes, for images of ``image_size`` (H, W).
+
+    ``load_weights=False`` skips reading pretrained backbone weights (use it before
+    loading a checkpoint, which holds every weight anyway).
+    """
+    return build_agents(
+        image_size=(int(image_size[0]), int(image_size[1])),
+        n_lines=config.lines,
+        backbone=config.backbone,
+        weights=config.weights,
+        backbone_width=config.backbone_width,
+        freeze_backbone=config.freeze_backbone,
+        separate_encoders=config.separate_encoders,
+        latent_size=config.latent_size,
+        sender_hidden=config.sender_hidden,
+        receiver_hidden=config.receiver_hidden,
+        receiver_out=config.receiver_out,
+        score=config.score,
+        score_scale=config.score_scale,
+        load_weights=load_weights,
+    )

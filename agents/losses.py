@@ -1,0 +1,72 @@
+"""Game losses (multiclass hinge, cross-entropy) and the paper's perceptual loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from agents.backbones import Backbone
+
+LOSSES = ("hinge", "ce")
+
+
+def game_loss(scores: Tensor, targets: Tensor, kind: str = "hinge") -> Tensor:
+    """Mean loss over games of ``scores [..., C]`` against ``targets [...]``.
+
+    ``hinge`` is ``multi_margin_loss`` with margin 1 (it divides each game's sum over the
+    wrong candidates by ``C``, as torch does); ``ce`` is cross-entropy over the scores.
+    """
+    flat_scores, flat_targets = scores.reshape(-1, scores.shape[-1]), targets.reshape(-1)
+    if kind == "hinge":
+        return F.multi_margin_loss(flat_scores, flat_targets, margin=1.0)
+    if kind == "ce":
+        return F.cross_entropy(flat_scores, flat_targets)
+    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+
+
+def perceptual_distance(
+    features_a: Sequence[Tensor], features_b: Sequence[Tensor], weights: Sequence[float]
+) -> Tensor:
+    """Per-image distance ``[N]`` between two lists of ``[N, C_l, H_l, W_l]`` feature maps.
+
+    Per layer: unit-normalise over channels at each position, squared difference, sum over
+    channels, mean over positions; then the weighted sum over layers (SPEC section 3).
+    """
+    if not len(features_a) == len(features_b) == len(weights):
+        raise ValueError("perceptual_distance needs one weight per pair of feature maps")
+    total = features_a[0].new_zeros(features_a[0].shape[0])
+    for a, b, w in zip(features_a, features_b, weights, strict=True):
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
+        total = total + w * (a - b).pow(2).sum(dim=1).mean(dim=(1, 2))
+    return total
+
+
+def perceptual_loss(
+    backbone: Backbone, images: Tensor, sketches: Tensor, weights: Sequence[float]
+) -> Tensor:
+    """Mean perceptual distance between images and their sketches (both ``[N, 3, H, W]``).
+
+    ``weights`` has one entry per tap of ``backbone`` (layers weighted 0 are skipped). The
+    backbone acts as a fixed loss network: gradients reach the sketches only, never the
+    backbone's weights (otherwise a trainable backbone could shrink the loss by making all
+    features alike).
+    """
+    if len(weights) != len(backbone.tap_names):
+        raise ValueError(
+            f"--perceptual-weights needs {len(backbone.tap_names)} values for backbone "
+            f"{backbone.name!r} (taps {list(backbone.tap_names)}), got {len(weights)}"
+        )
+    used = [(name, w) for name, w in zip(backbone.tap_names, weights, strict=True) if w != 0]
+    if not used:
+        return sketches.new_zeros(())
+    names, layer_weights = zip(*used, strict=True)
+    fixed = {name: p.detach() for name, p in backbone.named_parameters()}
+    with torch.no_grad():
+        target = functional_call(backbone, fixed, (images,), {"taps": names})
+    drawn = functional_call(backbone, fixed, (sketches,), {"taps": names})
+    return perceptual_distance(target, drawn, layer_weights).mean()

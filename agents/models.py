@@ -1,0 +1,150 @@
+"""The paper's agents: an encoder (backbone + linear projection), a sender and a receiver.
+
+Both agents follow the plug-in interface of ``docs/architecture.md``::
+
+    sender(images: [N, 3, H, W]) -> strokes: [N, n_lines, 4] in [-1, 1]
+    receiver(sketches: [B, G, 3, H, W], candidates: [B, C, 3, H, W]) -> scores: [B, G, C]
+
+They also expose their parts (``encoder``, ``Sender.decode``, ``Receiver.embed`` and
+``Receiver.score``) so the trainer can encode each block's candidates once and, with a
+shared encoder, reuse those features as the sender's input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from agents.backbones import Backbone, make_backbone
+
+SCORES = ("dot", "cosine")
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers between consecutive ``sizes`` with ReLU between them (not after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """The visual system: a backbone, flattened, then a trainable linear projection."""
+
+    def __init__(self, backbone: Backbone, image_size: tuple[int, int], latent_size: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.image_size = tuple(image_size)
+        channels, height, width = backbone.output_shape(self.image_size)
+        self.projection = nn.Linear(channels * height * width, latent_size)
+        self.latent_size = latent_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[..., 3, H, W]`` images in ``[0, 1]`` -> ``[..., latent_size]``."""
+        if images.dim() < 4 or tuple(images.shape[-3:]) != (3, *self.image_size):
+            raise ValueError(
+                f"encoder expects images [..., 3, {self.image_size[0]}, {self.image_size[1]}], "
+                f"got {tuple(images.shape)}; build the agents with the game's image size"
+            )
+        lead = images.shape[:-3]
+        maps = self.backbone(images.reshape(-1, *images.shape[-3:]))
+        return self.projection(maps.flatten(1)).view(*lead, -1)
+
+
+class Sender(nn.Module):
+    """Image -> strokes: encoder, MLP (paper: 64 -> 64 -> 256 -> n_lines*4), tanh."""
+
+    def __init__(self, encoder: Encoder, n_lines: int = 20, hidden: Sequence[int] = (64, 256)):
+        super().__init__()
+        self.encoder = encoder
+        self.n_lines = n_lines
+        self.decoder = mlp([encoder.latent_size, *hidden, n_lines * 4])
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """``[..., latent]`` -> strokes ``[..., n_lines, 4]`` in ``[-1, 1]``."""
+        return torch.tanh(self.decoder(latent)).view(*latent.shape[:-1], self.n_lines, 4)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.decode(self.encoder(images))
+
+
+class Receiver(nn.Module):
+    """Scores candidates against a sketch: ``score_j = <g(f(sketch)), g(f(candidate_j))>``.
+
+    ``f`` is the encoder, ``g`` an MLP (paper: 64 -> 64 -> 64). With ``score="cosine"``
+    both embeddings are unit-normalised and the inner product is multiplied by a learnable
+    scale (initialised to ``scale``, kept in ``[1, 100]``), which keeps early training
+    stable; ``score="dot"`` is the paper's plain inner product.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        hidden: Sequence[int] = (64,),
+        out_size: int = 64,
+        score: str = "dot",
+        scale: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of {SCORES}")
+        self.encoder = encoder
+        self.head = mlp([encoder.latent_size, *hidden, out_size])
+        self.score_kind = score
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale))) if score == "cosine" else None
+
+    def embed(self, latent: Tensor) -> Tensor:
+        """Encoder features -> embeddings used for scoring."""
+        out = self.head(latent)
+        return nn.functional.normalize(out, dim=-1) if self.score_kind == "cosine" else out
+
+    def score(self, sketch_embedding: Tensor, candidate_embedding: Tensor) -> Tensor:
+        """``[B, G, D]`` x ``[B, C, D]`` -> scores ``[B, G, C]``."""
+        scores = sketch_embedding @ candidate_embedding.transpose(-1, -2)
+        if self.log_scale is not None:
+            scores = scores * self.log_scale.clamp(0.0, math.log(100.0)).exp()
+        return scores
+
+    def forward(self, sketches: Tensor, candidates: Tensor) -> Tensor:
+        return self.score(self.embed(self.encoder(sketches)), self.embed(self.encoder(candidates)))
+
+
+def build_agents(
+    *,
+    image_size: tuple[int, int],
+    n_lines: int = 20,
+    backbone: str = "small",
+    weights: str | None = None,
+    backbone_width: int = 32,
+    freeze_backbone: bool = False,
+    separate_encoders: bool = False,
+    latent_size: int = 64,
+    sender_hidden: Sequence[int] = (64, 256),
+    receiver_hidden: Sequence[int] = (64,),
+    receiver_out: int = 64,
+    score: str = "dot",
+    score_scale: float = 10.0,
+    load_weights: bool = True,
+) -> tuple[Sender, Receiver]:
+    """Build a sender and a receiver sharing one encoder (default) or with one each.
+
+    ``load_weights=False`` skips reading the backbone weights (a checkpoint follows).
+    """
+
+    def encoder() -> Encoder:
+        net = make_backbone(backbone, weights, width=backbone_width, load=load_weights)
+        if freeze_backbone:
+            net.requires_grad_(False)
+        return Encoder(net, image_size, latent_size)
+
+    sender_encoder = encoder()
+    receiver_encoder = encoder() if separate_encoders else sender_encoder
+    sender = Sender(sender_encoder, n_lines, sender_hidden)
+    receiver = Receiver(receiver_encoder, receiver_hidden, receiver_out, score, score_scale)
+    return sender, receiver

@@ -1,0 +1,189 @@
+"""One self-play step and evaluation: sender draws, receiver scores, loss, update.
+
+Works with any sender/receiver that follows the plug-in interface; the built-in
+:class:`~agents.models.Sender` / :class:`~agents.models.Receiver` take a faster path that
+encodes each block's candidates once and, when the encoder is shared and the senders'
+images are the candidates (``original``, ``oo-same``), reuses those features as the
+sender's input (the gradients are the same as encoding twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from agents.backbones import Backbone
+from agents.losses import game_loss, perceptual_loss
+from agents.models import Receiver, Sender
+from sketchenv.game import GameBatch, SketchGame
+
+SenderFn = Callable[[Tensor], Tensor]
+ReceiverFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Outcome:
+    """What one batch of games produced."""
+
+    strokes: Tensor  # [B, G, n_lines, 4]
+    sketches: Tensor  # [B, G, 3, H, W]
+    scores: Tensor  # [B, G, C]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch sees no CUDA device")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """float16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU runs stay float32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def senders_see_candidates(batch: GameBatch) -> bool:
+    """True when game j's sender image is candidate j (``original`` and ``oo-same``)."""
+    return batch.sender_ids.shape == batch.candidate_ids.shape and bool(
+        torch.equal(batch.sender_ids, batch.candidate_ids)
+    )
+
+
+def play(sender: SenderFn, receiver: ReceiverFn, game: SketchGame, batch: GameBatch) -> Outcome:
+    """Play a batch of games: the senders draw, the game renders, the receivers score."""
+    n_blocks, n_games = batch.targets.shape
+    if isinstance(sender, Sender) and isinstance(receiver, Receiver):
+        candidate_latent = receiver.encoder(batch.candidates)
+        if sender.encoder is receiver.encoder and senders_see_candidates(batch):
+            sender_latent = candidate_latent
+        else:
+            sender_latent = sender.encoder(batch.sender_images)
+        strokes = sender.decode(sender_latent)
+        sketches = render(game, strokes)
+        scores = receiver.score(
+            receiver.embed(receiver.encoder(sketches)), receiver.embed(candidate_latent)
+        )
+    else:
+        strokes = sender(batch.sender_images.flatten(0, 1))
+        strokes = strokes.view(n_blocks, n_games, *strokes.shape[1:])
+        sketches = render(game, strokes)
+        scores = receiver(sketches, batch.candidates)
+    if scores.shape != (n_blocks, n_games, batch.candidates.shape[1]):
+        raise ValueError(
+            f"receiver must return scores [B, G, C] = {[n_blocks, n_games, batch.candidates.shape[1]]}"
+            f", got {list(scores.shape)}"
+        )
+    return Outcome(strokes, sketches, scores)
+
+
+def render(game: SketchGame, strokes: Tensor) -> Tensor:
+    """Render in float32 even under autocast (exp(-d^2/sigma^2) underflows in float16)."""
+    with torch.autocast(strokes.device.type, enabled=False):
+        return game.render(strokes.float())
+
+
+def compute_loss(
+    outcome: Outcome,
+    batch: GameBatch,
+    *,
+    loss: str = "hinge",
+    perceptual_net: Backbone | None = None,
+    perceptual_weights: Sequence[float] = (),
+    perceptual_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """The game loss plus ``perceptual_coef`` x the perceptual loss (when the coef is > 0)."""
+    total = game_loss(outcome.scores.float(), batch.targets, loss)
+    parts = {"loss/game": total.item()}
+    if perceptual_coef > 0:
+        if perceptual_net is None:
+            raise ValueError("the perceptual loss needs a backbone (perceptual_net)")
+        perceptual = perceptual_loss(
+            perceptual_net,
+            batch.sender_images.flatten(0, 1),
+            outcome.sketches.flatten(0, 1),
+            perceptual_weights,
+        )
+        parts["loss/perceptual"] = perceptual.item()
+        total = total + perceptual_coef * perceptual.float()
+    parts["loss/total"] = total.item()
+    return total, parts
+
+
+def train_step(
+    sender: SenderFn,
+    receiver: ReceiverFn,
+    game: SketchGame,
+    batch: GameBatch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    params: Sequence[nn.Parameter],
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    **loss_options,
+) -> tuple[Outcome, dict[str, float]]:
+    """One gradient step on a batch already on the model's device; returns the outcome
+    and scalars (losses, ``comm_rate``, ``class_rate``, ``grad_norm``)."""
+    device = batch.candidates.device
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        outcome = play(sender, receiver, game, batch)
+        loss, stats = compute_loss(outcome, batch, **loss_options)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    stats["grad_norm"] = float(grad_norm)
+    stats.update(game.score(game.choose(outcome.scores.detach()), batch))
+    return outcome, stats
+
+
+@torch.no_grad()
+def evaluate(
+    sender: SenderFn,
+    receiver: ReceiverFn,
+    game: SketchGame,
+    batches: Iterable[GameBatch],
+    device: torch.device,
+    *,
+    loss: str = "hinge",
+    amp: bool = False,
+) -> tuple[dict[str, float], tuple[GameBatch, Outcome] | None]:
+    """Mean loss, communication and class rates over ``batches`` (weighted by games), plus
+    the first batch and its outcome (for sketch grids)."""
+    modules = [m for m in (sender, receiver) if isinstance(m, nn.Module)]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    totals = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
+    n_games, first = 0, None
+    try:
+        for batch in batches:
+            batch = batch.to(device, non_blocking=device.type == "cuda")
+            with autocast(device, amp):
+                outcome = play(sender, receiver, game, batch)
+            count = batch.targets.numel()
+            rates = game.score(game.choose(outcome.scores), batch)
+            totals["loss"] += game_loss(outcome.scores.float(), batch.targets, loss).item() * count
+            totals["comm_rate"] += rates["comm_rate"] * count
+            totals["class_rate"] += rates["class_rate"] * count
+            n_games += count
+            if first is None:
+                first = (batch, outcome)
+    finally:
+        for m, mode in zip(modules, was_training, strict=True):
+            m.train(mode)
+    if n_games == 0:
+        raise ValueError("evaluate got no batches")
+    return {k: v / n_games for k, v in totals.items()} | {"games": n_games}, first

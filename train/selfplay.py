@@ -1,0 +1,431 @@
+"""Gradient self-play: a sender learns to draw and a receiver learns to read its sketches.
+
+    python -m train.selfplay                           # shapes, original game, 99 distractors
+    python -m train.selfplay --game oo-different --dataset imagefolder:PATH --epochs 30
+    python -m train.selfplay --config experiment.toml --seed 3    # flags override the file
+    python -m train.selfplay --resume runs/selfplay-original-...  # continue exactly
+
+Reads top to bottom: configuration, seeding, games, agents, optimiser, (resume), the
+training loop (one step per batch of games), validation and checkpoints after every epoch.
+The run directory gets ``config.json``, ``metrics.csv``, TensorBoard logs in ``tb/``, one
+PNG grid of sketches per validation pass in ``grids/``, and ``last.pt`` / ``best.pt``
+(written atomically). Ctrl-C or SIGTERM stops after the current step and saves
+``last.pt``; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from agents.checkpoint import (
+    CheckpointError,
+    game_settings,
+    load_agent_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
+from agents.config import (
+    RESUMABLE_OVERRIDES,
+    SelfPlayConfig,
+    config_from_dict,
+    load_config_file,
+)
+from agents.experiment import make_agents, make_game
+from agents.trainer import Outcome, evaluate, select_device, train_step
+from sketchenv.game import GameBatch, SketchGame
+
+CSV_FIELDS = (
+    "epoch", "step", "games", "seconds", "lr", "train_loss", "train_comm_rate",
+    "train_class_rate", "val_loss", "val_comm_rate", "val_class_rate",
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags mirror :class:`SelfPlayConfig`; unset flags fall back to the file, then defaults."""
+    d = SelfPlayConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m train.selfplay",
+        description=__doc__.splitlines()[0],
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="JSON or TOML file of options (flags override it)")
+    p.add_argument("--resume", help="run directory or checkpoint to continue exactly")
+    bool_flag = argparse.BooleanOptionalAction
+
+    g = p.add_argument_group("game")
+    g.add_argument("--game", choices=("original", "oo-same", "oo-different"), help=f"[{d.game}]")
+    g.add_argument("--dataset", help=f"registry name or imagefolder:PATH [{d.dataset}]")
+    g.add_argument("--data-root", help=f"where datasets live [{d.data_root}]")
+    g.add_argument("--download", action=bool_flag, help="download the dataset if missing")
+    g.add_argument(
+        "--image-size", type=int, help="pixels per side [32 for small, native for vgg16]"
+    )
+    g.add_argument("--n-distractors", type=int, help="[99 original, classes-1 for OO games]")
+    g.add_argument("--lines", type=int, help=f"strokes per sketch [{d.lines}]")
+    g.add_argument("--sigma2", type=float, help=f"stroke width sigma^2, canvas units [{d.sigma2}]")
+    g.add_argument("--invert", action=bool_flag, help="black strokes on white [on]")
+
+    a = p.add_argument_group("agents")
+    a.add_argument("--backbone", choices=("small", "vgg16"), help=f"[{d.backbone}]")
+    a.add_argument(
+        "--weights",
+        help="imagenet | stylized:PATH_OR_URL | none | FILE_OR_URL [imagenet for vgg16]",
+    )
+    a.add_argument(
+        "--backbone-width", type=int, help=f"small backbone channels [{d.backbone_width}]"
+    )
+    a.add_argument("--freeze-backbone", action=bool_flag, help="train only projection and heads")
+    a.add_argument("--separate-encoders", action=bool_flag, help="sender and receiver own one each")
+    a.add_argument("--latent-size", type=int, help=f"projection output [{d.latent_size}]")
+    a.add_argument("--sender-hidden", type=int, nargs="+", help=f"[{d.sender_hidden}]")
+    a.add_argument("--receiver-hidden", type=int, nargs="+", help=f"[{d.receiver_hidden}]")
+    a.add_argument("--receiver-out", type=int, help=f"receiver embedding size [{d.receiver_out}]")
+    a.add_argument("--score", choices=("dot", "cosine"), help=f"dot = paper [{d.score}]")
+    a.add_argument("--score-scale", type=float, help=f"initial cosine scale [{d.score_scale}]")
+
+    o = p.add_argument_group("losses and optimisation")
+    o.add_argument("--loss", choices=("hinge", "ce"), help=f"[{d.loss}]")
+    o.add_argument("--perceptual-coef", type=float, help="perceptual loss weight (0 = off) [0]")
+    o.add_argument("--perceptual-weights", type=float, nargs="+", help="per tap [all 1]")
+    o.add_argument("--epochs", type=int, help=f"[{d.epochs}]")
+    o.add_argument("--batch-size", type=int, help=f"games per step [{d.batch_size}]")
+    o.add_argument("--lr", type=float, help=f"[{d.lr}]")
+    o.add_argument("--weight-decay", type=float, help=f"AdamW decoupled decay [{d.weight_decay}]")
+    o.add_argument("--lr-schedule", choices=("cosine", "constant"), help=f"[{d.lr_schedule}]")
+    o.add_argument("--warmup-steps", type=int, help=f"linear warm-up [{d.warmup_steps}]")
+    o.add_argument("--grad-clip", type=float, help=f"max gradient norm [{d.grad_clip}]")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, help=f"[{d.seed}]")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")
+    r.add_argument("--amp", action=bool_flag, help="float16 autocast on CUDA [on]")
+    r.add_argument("--output", help="run directory [runs/selfplay-<game>-<time>]")
+    r.add_argument("--val-games", type=int, help=f"validation games per pass [{d.val_games}]")
+    r.add_argument("--max-steps", type=int, help="stop after this many steps in all")
+    r.add_argument("--time-budget", type=float, help="stop after this many seconds (this process)")
+    r.add_argument(
+        "--log-every", type=int, help=f"steps between TensorBoard points [{d.log_every}]"
+    )
+    return p
+
+
+def resolve_config(argv: Sequence[str] | None) -> tuple[SelfPlayConfig, dict | None]:
+    """Defaults < --config file < flags; with --resume, the checkpoint's config (only
+    run-control flags may change). Returns the config and the checkpoint to resume."""
+    args = vars(build_parser().parse_args(argv))
+    config_file, resume = args.pop("config", None), args.pop("resume", None)
+    values = load_config_file(config_file) if config_file else {}
+    values = {k.replace("-", "_"): v for k, v in values.items()} | args
+    if resume is None:
+        config = config_from_dict(values)
+        if config.output is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            config = config.replace(output=f"runs/selfplay-{config.game}-{stamp}")
+        return config, None
+    payload = read_checkpoint(resume, which="last")
+    saved = payload["config"]
+    changed = sorted(
+        k for k, v in values.items() if k not in RESUMABLE_OVERRIDES and saved.get(k) != v
+    )
+    if changed:
+        raise ValueError(
+            f"--resume continues {payload['path']} exactly, so {changed} cannot change; "
+            f"only {list(RESUMABLE_OVERRIDES)} may. Start a new run to change the others."
+        )
+    return config_from_dict(saved | values), payload
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order of an epoch depends on (seed, epoch) only, so a resumed run replays it."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def validation_batches(
+    game: SketchGame, n_games: int, blocks: int, seed: int
+) -> Iterator[GameBatch]:
+    """The same ``n_games`` (rounded up to whole blocks) at every validation pass."""
+    generator = torch.Generator().manual_seed(seed)
+    n_blocks = math.ceil(n_games / game.n_candidates)
+    for start in range(0, n_blocks, blocks):
+        yield game.sample(min(blocks, n_blocks - start), generator)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at ``total`` steps."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "constant":
+        return warm
+    return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def sketch_grid(batch: GameBatch, outcome: Outcome, n: int = 16) -> torch.Tensor:
+    """Pairs (sender's image, its sketch) for the first ``n`` games, four pairs per row."""
+    images = batch.sender_images.flatten(0, 1)[:n].cpu().float()
+    sketches = outcome.sketches.flatten(0, 1)[:n].cpu().float()
+    pairs = torch.stack([images, sketches], 1).flatten(0, 1)
+    return make_grid(pairs, nrow=8, padding=2, pad_value=0.5)
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[dict]:
+    """Ctrl-C / SIGTERM set ``flag["signal"]`` (the loop stops after its step and saves);
+    a second one raises KeyboardInterrupt at once."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        print(f"\n{flag['signal']}: stopping after this step (again to abort)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Train; returns the final validation metrics (also in ``metrics.csv``)."""
+    start_time = time.monotonic()
+    config, resumed = resolve_config(argv)
+
+    # Seeding and device: one --seed fixes initial weights and every game drawn.
+    torch.manual_seed(config.seed)
+    device = select_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+
+    # Games: the training split and a fixed set of validation games.
+    train_game = make_game(config, "train")
+    val_game = make_game(config, "val")
+    blocks_per_batch = max(1, config.batch_size // train_game.n_candidates)
+    steps_per_epoch = math.ceil(train_game.blocks_per_epoch / blocks_per_batch)
+    total_steps = config.epochs * steps_per_epoch  # the LR schedule's horizon (not max_steps)
+
+    # Agents and optimiser. A shared encoder's parameters are counted (and updated) once.
+    sender, receiver = make_agents(config, train_game.image_size, load_weights=resumed is None)
+    agents = nn.ModuleDict({"sender": sender, "receiver": receiver}).to(device)
+    params = [p for p in agents.parameters() if p.requires_grad]
+    n_taps = len(sender.encoder.backbone.tap_names)
+    if config.perceptual_weights is None:
+        config = config.replace(perceptual_weights=[1.0] * n_taps)
+    if len(config.perceptual_weights) != n_taps:
+        raise ValueError(
+            f"--perceptual-weights needs {n_taps} values for backbone {config.backbone!r} "
+            f"(taps {list(sender.encoder.backbone.tap_names)}), got {config.perceptual_weights}"
+        )
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.lr_schedule)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    loss_options = {
+        "loss": config.loss,
+        "perceptual_net": sender.encoder.backbone,
+        "perceptual_weights": config.perceptual_weights,
+        "perceptual_coef": config.perceptual_coef,
+    }
+
+    # Resume: weights, optimiser, schedule, RNG, position in the data, history.
+    epoch, batch_start, step, history, best = 0, 0, 0, [], {"val_comm_rate": -1.0, "step": -1}
+    if resumed is not None:
+        load_agent_weights(sender, receiver, resumed)
+        try:
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{resumed['path']}: cannot restore training state: {err}"
+            ) from err
+        torch.set_rng_state(resumed["rng"]["torch"])
+        progress = resumed["progress"]
+        epoch, batch_start, step = progress["epoch"], progress["batch"], progress["step"]
+        history, best = resumed["history"], resumed["best"]
+
+    # Output directory: resolved config, TensorBoard, metrics, grids, checkpoints.
+    out = Path(config.output)
+    if resumed is None and (out / "last.pt").exists():
+        raise FileExistsError(
+            f"{out} already holds a run; continue it with --resume {out} or pick another --output"
+        )
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    settings = game_settings(train_game)
+    write_atomic(
+        out / "config.json",
+        json.dumps(
+            {
+                "config": config.to_dict(),
+                "game": settings,
+                "derived": {
+                    "games_per_step": blocks_per_batch * train_game.n_candidates,
+                    "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps,
+                    "device": str(device),
+                    "amp": use_amp,
+                    "trainable_parameters": sum(p.numel() for p in params),
+                    "torch": torch.__version__,
+                },
+            },
+            indent=2,
+        ).encode(),
+    )
+    writer = SummaryWriter(str(out / "tb"), purge_step=step if resumed else None)
+
+    def checkpoint(name: str, metrics: dict) -> None:
+        save_checkpoint(
+            out / name,
+            {
+                "config": config.to_dict(),
+                "game": settings,
+                "sender": sender.state_dict(),
+                "receiver": receiver.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
+                "progress": {"epoch": epoch, "batch": batch_start, "step": step},
+                "history": history,
+                "best": best,
+                "metrics": metrics,
+            },
+        )
+
+    def validate(train_stats: dict) -> dict:
+        batches = validation_batches(val_game, config.val_games, blocks_per_batch, config.seed + 1)
+        metrics, (batch, outcome) = evaluate(
+            sender, receiver, val_game, batches, device, loss=config.loss, amp=use_amp
+        )
+        grid = sketch_grid(batch, outcome)
+        save_image(grid, out / "grids" / ".tmp.png")
+        os.replace(out / "grids" / ".tmp.png", out / "grids" / f"step{step:07d}.png")
+        writer.add_image("val/sketches", grid, step)
+        for key in ("loss", "comm_rate", "class_rate"):
+            writer.add_scalar(f"val/{key}", metrics[key], step)
+        row = {
+            "epoch": epoch, "step": step, "games": step * blocks_per_batch * train_game.n_candidates,
+            "seconds": round(time.monotonic() - start_time, 1), "lr": scheduler.get_last_lr()[0],
+            **{f"train_{k}": v for k, v in train_stats.items()},
+            **{f"val_{k}": metrics[k] for k in ("loss", "comm_rate", "class_rate")},
+        }  # fmt: skip
+        history.append(row)
+        write_metrics_csv(out / "metrics.csv", history)
+        return metrics
+
+    # The training loop.
+    print(
+        f"run dir {out} | device {device} | {steps_per_epoch} steps/epoch x {config.epochs} epochs"
+    )
+    metrics, stop_reason = {}, None
+    with stop_on_signal() as interrupted:
+        while epoch < config.epochs and stop_reason is None:
+            agents.train()
+            batches = train_game.epoch(blocks_per_batch, epoch_generator(config.seed, epoch))
+            sums = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
+            n_steps, window = 0, []
+            bar = tqdm(
+                islice(batches, batch_start, None),
+                total=steps_per_epoch,
+                initial=batch_start,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=None,
+                dynamic_ncols=True,
+            )
+            for batch in bar:
+                batch = batch.to(device, non_blocking=device.type == "cuda")
+                _, stats = train_step(
+                    sender, receiver, train_game, batch, optimizer, params=params,
+                    scaler=scaler, amp=use_amp, grad_clip=config.grad_clip, **loss_options,
+                )  # fmt: skip
+                scheduler.step()
+                step, batch_start, n_steps = step + 1, batch_start + 1, n_steps + 1
+                for key in sums:
+                    sums[key] += stats["loss/total" if key == "loss" else key]
+                window = [*window[-49:], stats["comm_rate"]]
+                bar.set_postfix(
+                    comm=f"{sum(window) / len(window):.3f}", loss=f"{stats['loss/total']:.3f}"
+                )
+                if step % config.log_every == 0:
+                    for key, value in stats.items():
+                        writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                    if receiver.log_scale is not None:
+                        writer.add_scalar(
+                            "train/score_scale", receiver.log_scale.exp().item(), step
+                        )
+                if interrupted["signal"]:
+                    stop_reason = interrupted["signal"]
+                elif config.max_steps is not None and step >= config.max_steps:
+                    stop_reason = "max_steps"
+                elif config.time_budget and time.monotonic() - start_time > config.time_budget:
+                    stop_reason = "time_budget"
+                if stop_reason:
+                    break
+            bar.close()
+            if batch_start >= steps_per_epoch:
+                epoch, batch_start = epoch + 1, 0
+            if stop_reason and stop_reason not in ("max_steps", "time_budget"):
+                checkpoint("last.pt", metrics)  # interrupted: save at once, no validation
+                print(f"stopped ({stop_reason}) at step {step}; resume with --resume {out}")
+                break
+            train_stats = {k: v / max(1, n_steps) for k, v in sums.items()}
+            metrics = validate(train_stats)
+            improved = metrics["comm_rate"] > best["val_comm_rate"]
+            if improved:
+                best = {"val_comm_rate": metrics["comm_rate"], "step": step}
+            checkpoint("last.pt", metrics)
+            if improved:
+                checkpoint("best.pt", metrics)
+            print(
+                f"epoch {epoch}/{config.epochs} step {step}: train comm {train_stats['comm_rate']:.3f}"
+                f" | val comm {metrics['comm_rate']:.3f} class {metrics['class_rate']:.3f}"
+                f" | {time.monotonic() - start_time:.0f}s"
+                + (f" | stopped: {stop_reason}" if stop_reason else "")
+            )
+    writer.close()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
