@@ -100,16 +100,17 @@ class SketchParallelEnv(ParallelEnv):
         self.agents: list[str] = []
         self.n_candidates = self.core.n_candidates
 
-        image = spaces.Box(0, 255, (height, width, 3), np.uint8)
-        phase = spaces.Discrete(2)
+        def image() -> spaces.Box:  # one object per key, so seeding one never touches another
+            return spaces.Box(0, 255, (height, width, 3), np.uint8)
+
         self._observation_spaces = {
-            SENDER: spaces.Dict({"image": image, "phase": phase}),
-            RECEIVER: spaces.Dict(
-                {
-                    "sketch": image,
-                    **{f"candidate_{i}": image for i in range(self.n_candidates)},
-                    "phase": phase,
-                }
+            SENDER: spaces.Dict({"image": image(), "phase": spaces.Discrete(2)}),
+            RECEIVER: spaces.Dict(  # (key, space) pairs keep candidate_2 before candidate_10
+                [
+                    ("sketch", image()),
+                    *((f"candidate_{i}", image()) for i in range(self.n_candidates)),
+                    ("phase", spaces.Discrete(2)),
+                ]
             ),
         }
         self._action_spaces = {

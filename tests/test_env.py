@@ -337,7 +337,8 @@ def test_defaults_are_the_papers_original_game_on_shapes():
     env = sketchenv.parallel_env(seed=0)
     assert env.core.game == "original" and env.n_candidates == 100  # 99 distractors
     receiver = env.observation_space("receiver_0")
-    assert len(receiver.spaces) == 100 + 2
+    candidates = [f"candidate_{i}" for i in range(100)]
+    assert list(receiver.spaces) == ["sketch", *candidates, "phase"]  # in index order
     assert (
         receiver["candidate_99"].shape == (64, 64, 3) and receiver["candidate_99"].dtype == np.uint8
     )
