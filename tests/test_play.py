@@ -162,11 +162,9 @@ def fake_agent(path, device):
     return policy
 
 
+CONFIG = {"dataset": "shapes", "data_root": "./data", "image_size": 16, "loss": "hinge"}
 TRAINED = {  # the game a (fake) checkpoint was trained on
     "game": "original",
-    "dataset": "shapes",
-    "root": "./data",
-    "image_size": 16,
     "n_distractors": 5,
     "n_lines": 3,
     "sigma2": 1e-3,
@@ -180,7 +178,9 @@ def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monk
     checkpoint = tmp_path / "perceptual.pt"
     checkpoint.write_bytes(b"weights")
     monkeypatch.setattr(play, "load_agent", fake_agent)
-    monkeypatch.setattr(play, "trained_game", lambda path: dict(TRAINED))
+    monkeypatch.setattr(
+        play, "read_training", lambda path: ({**CONFIG, "perceptual_coef": 1}, TRAINED)
+    )
     db = str(tmp_path / "study.sqlite")
     args = ["--sender", str(checkpoint), "--receiver", "random", "--games", "4", "--db", db]
     play.run(play.parse_args(args))  # no game flags: the checkpoint's game is played
@@ -189,6 +189,7 @@ def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monk
     assert identity.startswith("checkpoint:perceptual.pt#") and games[0]["sender"] == identity
     setting = json.loads(games[0]["setting"])
     assert setting["sigma2"] == 1e-3 and setting["n_lines"] == 3 and setting["split"] == "test"
+    assert setting["sender_loss"] == "hinge + 1 perceptual"
     assert all(len(json.loads(g["candidate_ids"])) == 6 for g in games)
     assert all(g["agent"] == identity and g["agent_choice"] is not None for g in games)
     assert all(g["agent_correct"] == int(g["agent_choice"] == g["target"]) for g in games)
@@ -228,6 +229,7 @@ def record(participant, setting, index, outcome, agent_right=True) -> GameRecord
 
 
 SETTING = {
+    "sender_loss": "hinge + 1 perceptual",
     "game": "original",
     "dataset": "stl10",
     "split": "test",
@@ -265,6 +267,7 @@ def test_report_numbers_match_a_hand_count(fixture_db, tmp_path, capsys):
     text = format_report(summary)
     assert "no feedback" in text and "with feedback" in text
     assert "83.3%" in text and "25.0% (±35.4)" in text and "62.5% (±17.7)" in text
+    assert "hinge + 1 perceptual" in text
 
     out = tmp_path / "report.csv"
     play.main(["--report", str(fixture_db), "--csv", str(out)])

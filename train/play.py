@@ -14,6 +14,7 @@ same games. Esc or closing the window stops cleanly.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import sys
 import time
@@ -85,12 +86,18 @@ def load_agent(path: str, device: str | None) -> Policy:
     return AgentPolicy.from_checkpoint(path, device=device)
 
 
-def trained_game(path: str) -> dict:
-    """The env options of the game the checkpoint's agents were trained on."""
+@functools.lru_cache(maxsize=8)
+def read_training(path: str) -> tuple[dict, dict]:
+    """The training config and game settings stored in a checkpoint (weights not kept)."""
     from agents.checkpoint import read_checkpoint
 
     payload = read_checkpoint(checkpoint_file(path))
-    config, game = payload["config"], payload["game"]
+    return payload["config"], payload["game"]
+
+
+def trained_game(path: str) -> dict:
+    """The env options of the game the checkpoint's agents were trained on."""
+    config, game = read_training(path)
     return {
         "game": game["game"],
         "dataset": config["dataset"],
@@ -103,6 +110,13 @@ def trained_game(path: str) -> dict:
         "composite": game["composite"],
         "invert": game["invert"],
     }
+
+
+def training_loss(path: str) -> str:
+    """The loss a checkpoint was trained with, as the paper's tables name it."""
+    config, _ = read_training(path)
+    coef = config.get("perceptual_coef") or 0.0
+    return f"{config['loss']} + {coef:g} perceptual" if coef > 0 else config["loss"]
 
 
 def game_options(args: argparse.Namespace) -> dict:
@@ -281,6 +295,7 @@ def session_setting(args: argparse.Namespace, options: dict) -> dict:
     return {
         **{key: value for key, value in options.items() if key != "root"},
         "sender": player_identity(args.sender),
+        "sender_loss": None if args.sender in PLAYERS else training_loss(args.sender),
         "receiver": player_identity(args.receiver),
         "feedback": args.feedback,
     }
