@@ -247,6 +247,10 @@ def _percent(value: float, std: float | None = None) -> str:
     return text
 
 
+def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
 def format_report(summary: Sequence[dict]) -> str:
     """The summary as a plain-text table, one line per setting, split by feedback."""
     if not summary:
@@ -254,6 +258,8 @@ def format_report(summary: Sequence[dict]) -> str:
     headers = (
         "game",
         "dataset",
+        "split",
+        "distractors",
         "sender",
         "loss",
         "receiver",
@@ -270,6 +276,8 @@ def format_report(summary: Sequence[dict]) -> str:
             (
                 row["game"],
                 row["dataset"],
+                row["split"],
+                "default" if row.get("n_distractors") is None else str(row["n_distractors"]),
                 row["sender"],
                 row.get("sender_loss") or "-",
                 row["receiver"],
