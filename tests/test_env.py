@@ -369,3 +369,28 @@ def test_human_mode_window_opens_lazily_and_closes(monkeypatch):
     assert env._window is not None and env.render() is None
     env.close()
     assert env._window is None
+
+
+def test_compose_frame_layout_and_marks():
+    rng = np.random.default_rng(0)
+    state = {
+        "sender_image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+        "sketch": None,
+        "candidates": rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8),
+        "phase": 1,
+        "choice": 4,
+        "target": 1,
+    }
+    frame = compose_frame(state)
+    tile = 64 + 6  # 8 px enlarged 8x to the 64 px minimum, plus a 3 px frame on each side
+    columns, rows = 3, 2  # 5 candidates in a near-square grid
+    assert frame.shape == (6 + 4 + (1 + rows) * (tile + 4) + 4, columns * (tile + 4) + 4, 3)
+    assert tuple(frame[0, 0]) == WRONG  # the bar: a lost game
+    grid_top = 6 + 4 + tile + 8
+    target_corner = frame[grid_top, 4 + (tile + 4)]  # candidate 1: row 0, column 1
+    choice_corner = frame[grid_top + tile + 4, 4 + (tile + 4)]  # candidate 4: row 1, column 1
+    assert tuple(target_corner) == RIGHT and tuple(choice_corner) == WRONG
+    first_pixel = frame[6 + 4 + 3 : 6 + 4 + 3 + 8, 4 + 3 : 4 + 3 + 8]  # enlarged 8x8
+    assert (first_pixel == state["sender_image"][0, 0]).all()
+    with pytest.raises(ValueError, match="uint8"):
+        compose_frame(state | {"candidates": state["candidates"].astype(np.float32)})
