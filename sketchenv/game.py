@@ -275,6 +275,13 @@ class SketchGame:
             "class_rate": (picked == target_labels).float().mean().item(),
         }
 
+    def __repr__(self) -> str:
+        return (
+            f"SketchGame({self.game!r}, {self.n_distractors} distractors, {self.n_lines} lines, "
+            f"{self.image_size[0]}x{self.image_size[1]} px, {self.n_classes} classes, "
+            f"dataset={self.dataset!r})"
+        )
+
     # ----- internals ------------------------------------------------------------------------
     def _check_n_distractors(self, n_distractors: int | None) -> int:
         original = self.game == "original"
