@@ -294,10 +294,7 @@ def format_report(summary: Sequence[dict]) -> str:
         if not lines:
             continue
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
-        table = [f"{title}:", "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-        table += [
-            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
-        ]
+        table = [f"{title}:", _row(headers, widths)] + [_row(line, widths) for line in lines]
         blocks.append("\n".join(table))
     note = "rates: mean (± sample std) over participants; agent: its receiver on the same games"
     return "\n\n".join([*blocks, note])
