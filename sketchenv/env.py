@@ -232,6 +232,12 @@ class SketchParallelEnv(ParallelEnv):
             self._window.close()
             self._window = None
 
+    @property
+    def current_game(self):
+        """The current game as a `GameBatch` with B = G = 1 (dataset ids, labels and the target),
+        for logging and analysis; None before the first reset. Policies must not read it."""
+        return self._game
+
     # ----- internals ----------------------------------------------------------------------
     @property
     def _target(self) -> int:

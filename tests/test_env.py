@@ -140,6 +140,9 @@ def test_variant_rules_hold_over_many_games(game):
         assert (sender == ids[target]) == (game != "oo-different")
         state = env.render_state()
         assert np.array_equal(state["candidates"][target], candidates[target])
+        current = env.current_game
+        assert current.candidate_ids[0].tolist() == ids and int(current.targets) == target
+        assert int(current.sender_ids) == sender
     assert len(targets) >= 4  # the target's position is random
 
 
