@@ -113,24 +113,30 @@ class ClickingReceiver(play.HumanReceiver):
         return super().__call__(observation, agent)
 
 
-@pytest.mark.parametrize("feedback", ["--feedback", "--no-feedback"])
-def test_a_human_receiver_session_quit_with_escape_keeps_finished_games(
-    tmp_path, monkeypatch, feedback
-):
+def headless_person(monkeypatch):
+    """A dummy display whose 'person' clicks candidates and presses space on text screens."""
     pygame = pytest.importorskip("pygame")
     from sketchenv import human
 
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
     monkeypatch.setattr(human, "_display", human._Display())
     monkeypatch.setattr(play, "HumanReceiver", ClickingReceiver)
-    monkeypatch.setattr(ClickingReceiver, "calls", 0)
     original_open = human._Display.open
 
-    def open_and_press_keys(self, *args):  # a "person" who presses space on text screens
+    def open_and_press_keys(self, *args):
         original_open(self, *args)
         pygame.time.set_timer(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE, mod=0), 15)
 
     monkeypatch.setattr(human._Display, "open", open_and_press_keys)
+    return pygame
+
+
+@pytest.mark.parametrize("feedback", ["--feedback", "--no-feedback"])
+def test_a_human_receiver_session_quit_with_escape_keeps_finished_games(
+    tmp_path, monkeypatch, feedback
+):
+    pygame = headless_person(monkeypatch)
+    monkeypatch.setattr(ClickingReceiver, "calls", 0)
     args = session(
         tmp_path, "--sender", "random", "--receiver", "human", "--participant", "ann", feedback
     )
@@ -148,6 +154,36 @@ def test_a_human_receiver_session_quit_with_escape_keeps_finished_games(
     monkeypatch.setattr(ClickingReceiver, "calls", 10)  # no more Esc: the session finishes
     assert play.run(play.parse_args(args)) == 3
     assert [g["game_index"] for g in rows(tmp_path / "study.sqlite")] == [0, 1, 2, 3, 4]
+
+
+class DrawingSender(play.HumanSender):
+    """A human sender whose 'person' drags one horizontal line across the middle, then Enter."""
+
+    def __call__(self, observation, agent="sender_0"):
+        import pygame
+
+        canvas = self.window.sender_layout((16, 16)).canvas
+        y = canvas[1] + canvas[3] // 2
+        for kind, x in (
+            (pygame.MOUSEBUTTONDOWN, canvas[0] + 1),
+            (pygame.MOUSEBUTTONUP, canvas[0] + canvas[2] - 2),
+        ):
+            pygame.event.post(pygame.event.Event(kind, pos=(x, y), button=1))
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RETURN, mod=0))
+        return super().__call__(observation, agent)
+
+
+def test_two_humans_share_the_window_and_their_drawing_is_recorded(tmp_path, monkeypatch):
+    headless_person(monkeypatch)
+    monkeypatch.setattr(play, "HumanSender", DrawingSender)
+    monkeypatch.setattr(ClickingReceiver, "calls", 10)
+    args = ["--sender", "human", "--receiver", "human", "--participant", "pair", "--games", "2"]
+    assert play.run(play.parse_args([*GAME, *args, "--db", str(tmp_path / "s.sqlite")])) == 2
+    for game in rows(tmp_path / "s.sqlite"):
+        strokes = np.asarray(json.loads(game["strokes"]))
+        assert strokes.shape == (3, 4) and game["choice"] == 0
+        np.testing.assert_allclose(strokes[0], [-1, 0, 1, 0], atol=0.07)  # the dragged line
+        assert game["sender"] == game["receiver"] == "human"
 
 
 def fake_agent(path, device):

@@ -159,13 +159,20 @@ def play_game(
 
     ``compare`` (an agent policy) also chooses on the receiver's observation, so a human
     receiver's rate can be set against the agent's on the very same sketches. With a
-    ``window``, each phase is shown with ``status`` keys (game number, score) merged in.
+    ``window``, each phase is shown with ``status`` keys (game number, score) merged in,
+    and two people sharing it get a hand-over screen once the sketch is sent.
     """
     observations, _ = env.reset(seed=seed)
     if window is not None:
         window.show({**env.render_state(), **(status or {})})
     strokes = np.asarray(sender(observations[SENDER], SENDER), dtype=np.float32)
     observations, *_ = env.step({SENDER: strokes, RECEIVER: 0})  # receiver idle in phase 0
+    if (
+        window is not None
+        and isinstance(sender, HumanSender)
+        and isinstance(receiver, HumanReceiver)
+    ):
+        window.message("Sketch sent", ["Receiver: press a key or click when you are ready."])
     if window is not None:
         window.show({**env.render_state(), **(status or {})})
     agent_choice = None if compare is None else int(compare(observations[RECEIVER], RECEIVER))
