@@ -1,0 +1,518 @@
+"""Run the paper's experiments one table at a time and set the results beside the paper's.
+
+    python -m train.experiments --list                       # tables and their runs
+    python -m train.experiments table1 --scale smoke         # CPU: built-in data, minutes
+    python -m train.experiments table1 --scale full          # the paper's setting (GPU)
+    python -m train.experiments table2 --scale smoke --dataset imagefolder:photos/
+
+Each table is a folder of ``experiments/`` holding one ``train.selfplay`` config file
+per run and a ``table.toml`` with its title and the paper's numbers. For every run this
+trains with ``train.selfplay`` (a finished run is skipped, an interrupted one resumed with
+``--resume``), evaluates the test split with ``train.evaluate``, then writes into the
+table's output folder (atomically): ``results.md`` (a Markdown table beside the paper's
+numbers), ``results.json`` and ``sketches.png`` (one row of sketches per run, all drawn
+from the same test images). Rerun the same command after an interruption to continue.
+
+``--scale smoke`` keeps each run's experimental factor (game, perceptual loss and its
+weights, model sizes, strokes) but swaps in the built-in ``shapes`` dataset (or
+``--dataset``), a small CNN trained from scratch instead of the pretrained VGG16, and a
+CPU-sized budget; :data:`SMOKE` lists every change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from agents.checkpoint import CheckpointError, load_run, read_checkpoint
+from agents.config import (
+    RESUMABLE_OVERRIDES,
+    SelfPlayConfig,
+    config_from_dict,
+    load_config_file,
+)
+from sketchenv.datasets import labels_of
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+TABLE_FILE = "table.toml"
+SCALES = ("smoke", "full")
+EVAL_SPLIT = "test"
+
+_TRAINER = SelfPlayConfig()  # train.selfplay's defaults: tuned for a small CNN on a CPU
+SMOKE: dict[str, Any] = {
+    # Data: built in, nothing to download (--dataset swaps in e.g. imagefolder:PATH).
+    "dataset": "shapes",
+    "download": False,
+    "image_size": 32,
+    # Agents: a small CNN from scratch instead of the frozen, pretrained VGG16 (its weights
+    # cannot be downloaded everywhere, and it is slow on a CPU). Runs that differ only in
+    # pretrained weights (Table 4, CelebA) become identical at this scale.
+    "backbone": "small",
+    "weights": None,
+    "backbone_width": _TRAINER.backbone_width,
+    "freeze_backbone": False,
+    # Optimisation: train.selfplay's CPU defaults (the paper's lr 1e-4 with a plain dot
+    # product learns too slowly for a budget of minutes).
+    "score": _TRAINER.score,
+    "score_scale": _TRAINER.score_scale,
+    "lr": _TRAINER.lr,
+    "lr_schedule": _TRAINER.lr_schedule,
+    "warmup_steps": 50,
+    "grad_clip": _TRAINER.grad_clip,
+    "amp": _TRAINER.amp,
+    # Budget: about 2 minutes per run on a 2-core CPU (Table 1 in ~15 minutes).
+    "epochs": 2,
+    "val_games": 300,
+}
+"""Every option ``--scale smoke`` changes; the rest of each run's config is kept."""
+SMOKE_EVAL_GAMES = 1000
+FULL_EVAL_GAMES = None  # the whole test split
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One run of a table: its config file, the values it sets and the paper's result."""
+
+    name: str
+    path: Path
+    values: dict[str, Any]
+    label: str
+    paper: float | None = None  # communication rate in percent
+    paper_std: float | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass
+class ExperimentTable:
+    """A folder of ``experiments/``: runs in the order of its ``table.toml``."""
+
+    name: str
+    title: str
+    source: str
+    runs: list[Experiment]
+
+
+def list_tables(root: str | Path = EXPERIMENTS_DIR) -> list[str]:
+    """Names of the tables under ``root`` (folders holding a ``table.toml``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"experiments folder {str(root)!r} not found (see --experiments)")
+    return sorted(p.parent.name for p in root.glob(f"*/{TABLE_FILE}"))
+
+
+def load_table(name: str, root: str | Path = EXPERIMENTS_DIR) -> ExperimentTable:
+    """Read a table's ``table.toml`` and every run config it lists (checked to resolve)."""
+    folder = Path(root) / name
+    if not (folder / TABLE_FILE).is_file():
+        known = ", ".join(list_tables(root)) or "none"
+        raise ValueError(f"unknown table {name!r} in {root}: known tables are {known}")
+    meta = load_config_file(folder / TABLE_FILE)
+    entries = meta.get("runs", {})
+    configs = {p.stem for p in folder.glob("*.toml") if p.name != TABLE_FILE}
+    if set(entries) != configs:
+        raise ValueError(
+            f"{folder}: {TABLE_FILE} lists runs {sorted(entries)} but the config files are "
+            f"{sorted(configs)}; give every <run>.toml a [runs.<run>] entry and vice versa"
+        )
+    runs = []
+    for run_name, entry in entries.items():
+        path = folder / f"{run_name}.toml"
+        values = load_config_file(path)
+        try:
+            config_from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path} is not a valid train.selfplay config: {err}") from err
+        runs.append(
+            Experiment(
+                name=run_name,
+                path=path,
+                values=values,
+                label=entry.get("label", run_name),
+                paper=entry.get("paper"),
+                paper_std=entry.get("paper_std"),
+                note=entry.get("note", ""),
+            )
+        )
+    return ExperimentTable(name, meta.get("title", name), meta.get("source", ""), runs)
+
+
+def resolve_config(
+    run: Experiment,
+    scale: str,
+    output: str | Path,
+    *,
+    dataset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SelfPlayConfig:
+    """The trainer config of ``run`` at ``scale`` writing to ``output``: the file's values,
+    then :data:`SMOKE` (smoke scale), then ``dataset`` and ``overrides``."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    values = {k.replace("-", "_"): v for k, v in run.values.items()}
+    if scale == "smoke":
+        values |= SMOKE
+    if dataset is not None:
+        values["dataset"] = dataset
+    values |= overrides or {}
+    values["output"] = str(output)
+    try:
+        return config_from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"run {run.name!r} at scale {scale!r}: {err}") from err
+
+
+def run_status(config: SelfPlayConfig) -> str:
+    """``"new"``, ``"interrupted"`` or ``"finished"`` for the run directory of ``config``.
+
+    Raises ``ValueError`` when the directory holds a run of another config (other than the
+    options a resume may change), so results never mix two settings.
+    """
+    out = Path(config.output)
+    if not (out / "last.pt").is_file():
+        return "new"
+    try:
+        payload = read_checkpoint(out, which="last")
+    except CheckpointError as err:
+        raise ValueError(f"{err}; delete {out} to start the run again") from err
+    saved, wanted = payload["config"], config.to_dict()
+    differ = sorted(
+        k
+        for k in wanted
+        if k not in (*RESUMABLE_OVERRIDES, "perceptual_weights") and saved.get(k) != wanted[k]
+    )
+    if wanted["perceptual_weights"] not in (None, saved.get("perceptual_weights")):
+        differ.append("perceptual_weights")
+    if differ:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(differ)} differ); "
+            "use another --output or delete that folder"
+        )
+    progress = payload.get("progress", {})
+    done = progress.get("epoch", 0) >= config.epochs or (
+        config.max_steps is not None and progress.get("step", 0) >= config.max_steps
+    )
+    return "finished" if done else "interrupted"
+
+
+def train(config: SelfPlayConfig) -> str:
+    """Start or resume the run with ``train.selfplay``; returns its status afterwards."""
+    from train import selfplay
+
+    status = run_status(config)
+    if status == "finished":
+        return status
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if status == "new":
+        settings = out / "experiment.json"  # JSON, not TOML: it can say null
+        write_atomic(settings, json.dumps(config.to_dict(), indent=2))
+        selfplay.main(["--config", str(settings)])
+    else:  # resume exactly; only the options a resume may change are passed on
+        changes = {k: getattr(config, k) for k in RESUMABLE_OVERRIDES}
+        settings = out / "resume.json"
+        write_atomic(settings, json.dumps(changes, indent=2))
+        selfplay.main(["--resume", str(out), "--config", str(settings)])
+    return run_status(config)
+
+
+def evaluate(config: SelfPlayConfig, games: int | None) -> dict[str, Any]:
+    """Evaluate the run's best checkpoint on the test split with ``train.evaluate`` (cached
+    in the run folder until the checkpoint changes)."""
+    from train import evaluate as evaluator
+
+    out = Path(config.output)
+    result = out / f"eval-{EVAL_SPLIT}.json"
+    checkpoint = max((out / n for n in ("best.pt", "last.pt")), key=_mtime)
+    if not result.is_file() or _mtime(result) < _mtime(checkpoint):
+        argv = [str(out), "--split", EVAL_SPLIT, "--output", str(out / f"eval-{EVAL_SPLIT}")]
+        if games is not None:
+            argv += ["--games", str(games)]
+        metrics = evaluator.main(argv)
+        write_atomic(result, json.dumps(metrics, indent=2, default=str))
+    return json.loads(result.read_text())
+
+
+def run_table(
+    name: str,
+    scale: str = "smoke",
+    output: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+    eval_games: int | None = None,
+    root: str | Path = EXPERIMENTS_DIR,
+) -> Path:
+    """Train (or skip/resume) and evaluate a table's runs, then write its results.
+
+    Returns the table's output folder. Stops with ``RuntimeError`` when a run ends before
+    its budget (Ctrl-C, SIGTERM): rerunning resumes it.
+    """
+    table = load_table(name, root)
+    runs = _select(table.runs, only)
+    folder = Path(output or f"runs/experiments/{scale}") / name
+    configs = {
+        run.name: resolve_config(
+            run, scale, folder / run.name, dataset=dataset, overrides=overrides
+        )
+        for run in runs
+    }
+    if eval_games is None:
+        eval_games = SMOKE_EVAL_GAMES if scale == "smoke" else FULL_EVAL_GAMES
+    rows: dict[str, dict[str, Any]] = {}
+    for i, run in enumerate(runs, 1):
+        config = configs[run.name]
+        print(f"[{i}/{len(runs)}] {name}/{run.name} ({run_status(config)}) -> {config.output}")
+        if train(config) != "finished":
+            raise RuntimeError(
+                f"{name}/{run.name} stopped before the end of its budget; rerun the same "
+                "command to resume it"
+            )
+        rows[run.name] = summarise(config, evaluate(config, eval_games))
+    results_md = results_markdown(table, runs, configs, rows, scale)
+    write_atomic(folder / "results.md", results_md)
+    summary = {
+        "table": name,
+        "scale": scale,
+        "runs": {
+            run.name: {
+                "label": run.label,
+                "paper": run.paper,
+                "paper_std": run.paper_std,
+                "config": configs[run.name].to_dict(),
+                "results": rows[run.name],
+            }
+            for run in runs
+        },
+    }
+    write_atomic(folder / "results.json", json.dumps(summary, indent=2, default=str))
+    save_sketch_figure(
+        [(run.name, Path(configs[run.name].output)) for run in runs], folder / "sketches.png"
+    )
+    print(results_md)
+    print(f"results in {folder}/results.md, sketches in {folder}/sketches.png")
+    return folder
+
+
+def summarise(config: SelfPlayConfig, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """One results row: the evaluation's rates plus what was trained (from ``last.pt``)."""
+    payload = read_checkpoint(config.output, which="last")
+    progress = payload.get("progress", {})
+    return {
+        "comm_rate": evaluation.get("comm_rate"),
+        "comm_rate_std": evaluation.get("comm_rate_std"),
+        "class_rate": evaluation.get("class_rate"),
+        "games": evaluation.get("games"),
+        "chance": 1 / payload["game"]["n_candidates"],
+        "steps": progress.get("step"),
+        "epochs": progress.get("epoch"),
+    }
+
+
+def results_markdown(
+    table: ExperimentTable,
+    runs: Sequence[Experiment],
+    configs: dict[str, SelfPlayConfig],
+    rows: dict[str, dict[str, Any]],
+    scale: str,
+) -> str:
+    """A Markdown table: one row per run (see :func:`summarise`), the paper's
+    communication rate beside ours."""
+    first = configs[runs[0].name]
+    lines = [f"## {table.title}", ""]
+    if scale == "smoke":
+        lines += [
+            f"**Smoke scale** (`--scale smoke`): dataset `{first.dataset}` at "
+            f"{first.image_size} px, a small CNN trained from scratch instead of the "
+            f"pretrained VGG16, {first.epochs} epochs on a CPU. It checks that the pipeline "
+            "works; it does not reproduce the paper (that is `--scale full`).",
+            "",
+        ]
+    else:
+        lines += [f"Full scale: the paper's settings (dataset `{first.dataset}`).", ""]
+    lines += [
+        "| run | setting | game | chance | paper | ours | ours, class rate | trained |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        row = rows[run.name]
+        paper = "n/a" if run.paper is None else f"{run.paper:.1f} %"
+        if run.paper is not None and run.paper_std is not None:
+            paper = f"{run.paper:.1f} ± {run.paper_std:.1f} %"
+        lines.append(
+            f"| {run.name} | {run.label} | {configs[run.name].game} | "
+            f"{_percent(row.get('chance'))} | {paper} | "
+            f"{_percent(row.get('comm_rate'), row.get('comm_rate_std'))} | "
+            f"{_percent(row.get('class_rate'))} | "
+            f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs |"
+        )
+    lines += [
+        "",
+        f"Paper: {table.source}. Ours: communication rate on the {EVAL_SPLIT} split "
+        "(mean ± std over evaluation batches) of each run's best checkpoint; chance is "
+        "1 / candidates.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def save_sketch_figure(
+    runs: Sequence[tuple[str, Path]], path: str | Path, n_images: int = 8, cell: int = 64
+) -> None:
+    """One PNG: a row of test images (one per class, as far as there are classes), then one
+    row per run of its sender's sketches of those same images."""
+    rows: list[tuple[str, torch.Tensor]] = []
+    indices: list[int] = []
+    for name, run_dir in runs:
+        run = load_run(run_dir)
+        game = run.make_game(EVAL_SPLIT)
+        if not rows:
+            indices = _one_per_class(labels_of(game.dataset), n_images)
+        images = torch.stack([game.dataset[i][0] for i in indices])
+        if not rows:
+            rows.append((f"{EVAL_SPLIT} images", images))
+        rows.append((name, game.render(run.sender(images)).clamp(0, 1)))
+    font = ImageFont.load_default()
+    label_width = 8 + max(int(font.getlength(label)) for label, _ in rows)
+    figure = Image.new("RGB", (label_width + len(indices) * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(figure)
+    for r, (label, batch) in enumerate(rows):
+        draw.text((4, r * cell + cell // 2), label, fill="black", font=font, anchor="lm")
+        for c, image in enumerate(batch):
+            pixels = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+            tile = Image.fromarray(pixels).resize((cell - 2, cell - 2), Image.Resampling.BILINEAR)
+            figure.paste(tile, (label_width + c * cell + 1, r * cell + 1))
+    buffer = io.BytesIO()
+    figure.save(buffer, format="PNG")
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _one_per_class(labels: Sequence[int], n: int) -> list[int]:
+    """Indices of the first item of each class in label order, then more, up to ``n``."""
+    first: dict[int, int] = {}
+    for i, label in enumerate(labels):
+        first.setdefault(label, i)
+    picked = [first[c] for c in sorted(first)][:n]
+    extra = (i for i in range(len(labels)) if i not in picked)
+    return picked + [next(extra) for _ in range(min(n, len(labels)) - len(picked))]
+
+
+def _select(runs: list[Experiment], only: Sequence[str] | None) -> list[Experiment]:
+    if not only:
+        return runs
+    names = [r.name for r in runs]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"unknown run(s) {unknown}; this table has {names}")
+    return [r for r in runs if r.name in only]
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else -1.0
+
+
+def _percent(rate: float | None, std: float | None = None) -> str:
+    if rate is None:
+        return "?"
+    return f"{100 * rate:.1f} %" if std is None else f"{100 * rate:.1f} ± {100 * std:.1f} %"
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as JSON (numbers, true, null, [..]) or a string."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. --set device=cuda), got {item!r}")
+        try:
+            values[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.replace("-", "_")] = value
+    return values
+
+
+def describe_tables(root: str | Path = EXPERIMENTS_DIR) -> str:
+    """The ``--list`` text: each table, its runs and the paper's rate."""
+    lines = []
+    for name in list_tables(root):
+        table = load_table(name, root)
+        lines.append(f"{name}: {table.title}")
+        for run in table.runs:
+            paper = "" if run.paper is None else f"  [paper {run.paper:g} %]"
+            lines.append(f"  {run.name:<28} {run.label}{paper}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train.experiments",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="smoke scale changes: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()),
+    )
+    p.add_argument("table", nargs="?", help="table to run (see --list)")
+    p.add_argument("--list", action="store_true", help="show the tables and their runs")
+    p.add_argument("--scale", choices=SCALES, default="smoke", help="[smoke]")
+    p.add_argument("--output", help="output root [runs/experiments/<scale>]")
+    p.add_argument("--dataset", help="replace every run's dataset (e.g. imagefolder:PATH)")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="only these runs of the table")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a train.selfplay option in every run (e.g. device=cuda:1, epochs=5)",
+    )
+    p.add_argument("--eval-games", type=int, help="test games per run [1000 smoke, all full]")
+    p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help="config folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    """Command-line entry point; returns the table's output folder (None with --list)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            print(describe_tables(args.experiments))
+            return None
+        if args.table is None:
+            parser.error("name a table to run, or --list to see them")
+        return run_table(
+            args.table,
+            args.scale,
+            args.output,
+            dataset=args.dataset,
+            overrides=_parse_set(args.set),
+            only=args.runs,
+            eval_games=args.eval_games,
+            root=args.experiments,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        parser.exit(1, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()
