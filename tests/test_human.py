@@ -350,7 +350,7 @@ def test_human_receiver_plays_in_the_env_window_against_an_agent_sender(display)
     strokes = np.array([[-0.5, -0.5, 0.5, 0.5]] * 4, np.float32)
     observations, *_ = env.step({"sender_0": strokes, "receiver_0": 0})
     assert env._window is not None and display.state["phase"] == 1
-    target = int(env.unwrapped._game.targets[0, 0])  # peek, to click the right one
+    target = int(env.current_game.targets[0, 0])  # peek, to click the right one
     tile = receiver.window.receiver_layout((16, 16), 6).candidates[target]
     post(pygame.MOUSEBUTTONDOWN, pos=centre(tile), button=1)
     choice = receiver(observations["receiver_0"], "receiver_0")

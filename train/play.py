@@ -136,7 +136,7 @@ def player_identity(spec: str) -> str:
 
 def game_facts(env) -> dict:
     """Dataset ids and labels of the game the env just played (for the record)."""
-    batch = env.unwrapped._game  # the env's current one-game GameBatch (B = G = 1)
+    batch = env.unwrapped.current_game  # the one-game GameBatch (B = G = 1)
     return {
         "sender_id": int(batch.sender_ids[0, 0]),
         "sender_label": int(batch.sender_labels[0, 0]),
