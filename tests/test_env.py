@@ -1,6 +1,8 @@
 """The PettingZoo env: official API tests, multi-episode determinism, rules, bad input."""
 
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -397,3 +399,18 @@ def test_compose_frame_layout_and_marks():
     assert (first_pixel == state["sender_image"][0, 0]).all()
     with pytest.raises(ValueError, match="uint8"):
         compose_frame(state | {"candidates": state["candidates"].astype(np.float32)})
+
+
+def test_env_plays_inside_no_grad_and_inference_mode():
+    # A fresh process: the rasteriser checks itself once per process, on the first sketch.
+    script = (
+        "import numpy as np, torch, sketchenv\n"
+        "env = sketchenv.parallel_env(game='oo-same', image_size=16, n_lines=2, seed=0)\n"
+        "for context in (torch.no_grad, torch.inference_mode):\n"
+        "    with context():\n"
+        "        env.reset()\n"
+        "        env.step({'sender_0': np.zeros((2, 4), np.float32)})\n"
+        "        env.step({'receiver_0': 0})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
