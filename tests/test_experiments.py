@@ -1,0 +1,195 @@
+"""train.experiments: the paper's configs, the smoke override, skip/resume and the results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agents.checkpoint import read_checkpoint
+from agents.config import load_config_file
+from train import experiments
+from train.experiments import (
+    SMOKE,
+    list_tables,
+    load_table,
+    resolve_config,
+    results_markdown,
+    run_status,
+    train,
+)
+
+PAPER_TABLES = {"table1", "table2", "caltech101", "table4", "celeba"}
+# A tiny budget on a tiny photo folder: 4 classes, 1 epoch of 4 steps.
+TINY = {"n_distractors": 3, "image_size": 16, "epochs": 1, "batch_size": 8, "val_games": 8}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> str:
+    """An ``imagefolder:`` dataset of 4 colour classes with train/val/test splits."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 4), ("test", 4)):
+        for c in range(4):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                pixels[..., c % 3] = 230
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+def tiny_config(run_name: str, out: Path, dataset: str, **changes):
+    run = next(r for r in load_table("table1").runs if r.name == run_name)
+    return resolve_config(run, "smoke", out, dataset=dataset, overrides=TINY | changes)
+
+
+def test_every_paper_table_is_there_and_resolves_at_both_scales(tmp_path):
+    assert set(list_tables()) >= PAPER_TABLES
+    for name in PAPER_TABLES:
+        table = load_table(name)
+        assert table.runs, name
+        for run in table.runs:
+            full = resolve_config(run, "full", tmp_path / run.name)
+            assert full.backbone == "vgg16" and full.freeze_backbone and full.lines == 20
+            assert full.batch_size == 100 and full.epochs == 250 and full.lr == 1e-4
+            assert full.score == "dot" and full.loss == "hinge"
+            assert full.output == str(tmp_path / run.name)
+            smoke = resolve_config(run, "smoke", tmp_path / run.name)
+            # The experimental factor survives the smoke override.
+            for key in ("game", "perceptual_coef", "perceptual_weights", "lines", "latent_size"):
+                assert getattr(smoke, key) == getattr(full, key), (name, run.name, key)
+
+
+def test_paper_settings_of_each_table():
+    rows = {(t, r.name): r for t in PAPER_TABLES for r in load_table(t).runs}
+    table1 = load_table("table1").runs
+    assert [r.values["game"] for r in table1].count("oo-different") == 2
+    for run in table1:
+        perceptual = run.name.endswith("-perceptual")
+        assert (run.values["perceptual_coef"] > 0) == perceptual
+        assert run.values["dataset"] == "stl10" and run.values["image_size"] == 96
+        assert run.paper is not None and run.paper_std is not None
+    assert rows["table1", "original"].paper == pytest.approx(71.8)
+    # Table 2: one-hot perceptual weights, each block once per game.
+    for game in ("original", "oo-different"):
+        hot = [rows["table2", f"{game}-{tap}"].values["perceptual_weights"] for tap in
+               ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")]  # fmt: skip
+        assert np.array_equal(np.array(hot), np.eye(5))
+    wide = rows["caltech101", "oo-different-wide"].values
+    assert wide["latent_size"] == 1024 and wide["image_size"] == 128
+    assert rows["table4", "stylized"].values["weights"].startswith("stylized:")
+    assert rows["table4", "imagenet"].values["weights"] == "imagenet"
+    assert {r.values["image_size"] for r in load_table("celeba").runs} == {112}
+
+
+def test_config_files_run_directly_with_train_selfplay():
+    """The run files are plain train.selfplay --config files (no extra sections)."""
+    from train.selfplay import resolve_config as selfplay_resolve
+
+    path = load_table("table1").runs[0].path
+    config, resumed = selfplay_resolve(["--config", str(path), "--output", "x"])
+    assert resumed is None and config.dataset == "stl10"
+    assert "paper" not in load_config_file(path)
+
+
+def test_smoke_override_and_flags(tmp_path, folder):
+    run = load_table("table4").runs[0]
+    smoke = resolve_config(run, "smoke", tmp_path)
+    for key, value in SMOKE.items():
+        assert getattr(smoke, key) == value, key
+    mine = resolve_config(run, "smoke", tmp_path, dataset=folder, overrides={"epochs": 3})
+    assert mine.dataset == folder and mine.epochs == 3
+    with pytest.raises(ValueError, match="scale"):
+        resolve_config(run, "medium", tmp_path)
+    with pytest.raises(ValueError, match="unknown config key"):
+        resolve_config(run, "smoke", tmp_path, overrides={"epoch": 3})
+
+
+def test_bad_tables_are_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown table 'nope'.*table1"):
+        load_table("nope")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "table.toml").write_text('title = "t"\n[runs.a]\nlabel = "A"\n')
+    (tmp_path / "mine" / "b.toml").write_text('game = "original"\n')
+    with pytest.raises(ValueError, match=r"lists runs \['a'\].*config files are \['b'\]"):
+        load_table("mine", tmp_path)
+    (tmp_path / "mine" / "b.toml").rename(tmp_path / "mine" / "a.toml")
+    assert load_table("mine", tmp_path).runs[0].label == "A"
+    (tmp_path / "mine" / "a.toml").write_text('game = "tennis"\n')
+    with pytest.raises(ValueError, match=r"a\.toml is not a valid train.selfplay config.*game"):
+        load_table("mine", tmp_path)
+
+
+def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, folder):
+    out = tmp_path / "original"
+    # A run stopped after 2 of its 4 steps (as by a kill after a checkpoint).
+    assert train(tiny_config("original", out, folder, max_steps=2)) == "finished"
+    config = tiny_config("original", out, folder)
+    assert run_status(config) == "interrupted"
+    assert train(config) == "finished"
+    saved = read_checkpoint(out, which="last")
+    assert saved["progress"]["step"] == 4 and saved["progress"]["epoch"] == 1
+    assert [row["step"] for row in saved["history"]] == [2, 4]  # one history, continued
+    # Finished: nothing is trained again.
+    stamp = (out / "last.pt").stat().st_mtime_ns
+    assert train(config) == "finished"
+    assert (out / "last.pt").stat().st_mtime_ns == stamp
+    # Another config in the same folder is refused, not mixed in.
+    with pytest.raises(ValueError, match=r"other settings.*lines"):
+        run_status(tiny_config("original", out, folder, lines=5))
+
+
+def test_results_markdown_rows(tmp_path):
+    table = load_table("table1")
+    configs = {r.name: resolve_config(r, "smoke", tmp_path / r.name) for r in table.runs}
+    rows = {
+        r.name: {"comm_rate": 0.5 + i / 100, "comm_rate_std": 0.02, "class_rate": 0.75,
+                 "chance": 0.01 if r.values["game"] == "original" else 1 / 12,
+                 "steps": 200, "epochs": 2}
+        for i, r in enumerate(table.runs)
+    }  # fmt: skip
+    text = results_markdown(table, table.runs, configs, rows, "smoke")
+    assert "Smoke scale" in text
+    body = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(body) == 1 + len(table.runs)  # header + one row per run, in table order
+    assert [line.split(" | ")[0][2:] for line in body[1:]] == [r.name for r in table.runs]
+    first = body[1]
+    assert "71.8 ± 6.1 %" in first and "50.0 ± 2.0 %" in first and "1.0 %" in first
+    assert "200 steps, 2 epochs" in first
+    assert "Smoke" not in results_markdown(table, table.runs, configs, rows, "full")
+
+
+def test_list_and_cli_errors(capsys):
+    assert experiments.main(["--list"]) is None
+    listed = capsys.readouterr().out
+    assert "table1:" in listed and "oo-different-perceptual" in listed and "71.8" in listed
+    with pytest.raises(SystemExit) as exit_info:
+        experiments.main(["table9"])
+    assert exit_info.value.code == 1
+    assert "unknown table 'table9'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        experiments.main(["table1", "--set", "epochs"])
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_whole_table_pipeline(tmp_path, folder):
+    """run_table trains, evaluates and writes results.md, results.json and sketches.png."""
+    pytest.importorskip("train.evaluate")
+    root = experiments.main(
+        ["table1", "--output", str(tmp_path), "--dataset", folder, "--eval-games", "16",
+         "--runs", "original", "oo-different-perceptual"]
+        + [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    )  # fmt: skip
+    assert root == tmp_path / "table1"
+    text = (root / "results.md").read_text()
+    assert "| original |" in text and "| oo-different-perceptual |" in text
+    assert "| oo-same |" not in text
+    summary = json.loads((root / "results.json").read_text())
+    for result in (r["results"] for r in summary["runs"].values()):
+        assert 0 <= result["comm_rate"] <= 1 and result["steps"] == 4
+    with Image.open(root / "sketches.png") as figure:
+        assert figure.height == 3 * 64  # test images + one row per run
