@@ -239,6 +239,10 @@ class GameWindow:
             raise ValueError(f"role must be 'sender' or 'receiver', got {role!r}")
         _display.humans.add(role)
 
+    def remove_player(self, role: str) -> None:
+        """Note that ``role`` is no longer played by a person."""
+        _display.humans.discard(role)
+
     @property
     def surface(self):
         """The pygame surface of the window (opens it); e.g. for ``pygame.image.save``."""
@@ -612,6 +616,7 @@ class HumanReceiver:
 
     def close(self) -> None:
         """Release the window."""
+        self.window.remove_player("receiver")
         self.window.close()
 
 
@@ -663,4 +668,5 @@ class HumanSender:
 
     def close(self) -> None:
         """Release the window."""
+        self.window.remove_player("sender")
         self.window.close()

@@ -361,7 +361,7 @@ def test_human_receiver_plays_in_the_env_window_against_an_agent_sender(display)
     env.close()
     assert pygame.display.get_init()  # the receiver still holds the window
     receiver.close()
-    assert not pygame.display.get_init()
+    assert not pygame.display.get_init() and "receiver" not in display.humans
 
 
 def test_human_sender_drawing_reaches_the_env_sketch(display):

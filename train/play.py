@@ -368,6 +368,9 @@ def run(args: argparse.Namespace) -> int:
         left = args.games - len(done) - played
         print(f"stopped: {played} games recorded now, {left} left; the same command continues.")
     finally:
+        for player in (sender, receiver):
+            if isinstance(player, HumanSender | HumanReceiver):
+                player.close()
         if window is not None:
             window.close()
         env.close()
