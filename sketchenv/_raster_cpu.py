@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -83,143 +82,209 @@ inline void pixel(const Stroke<T>& s, T ux, T uy, T inv_sigma2, T& t, T& ex, T& 
   r = KERNEL == KERNEL_EXP ? exp_t(-z) : T(2) / (T(1) + exp_t(z));
 }
 
-// Rows and, per row, columns of the pixels within sqrt(cutoff_d2) of the segment: the segment's
-// bounding box intersected with the band around its line, widened by a hundredth of a pixel.
-struct Span {
+// The pixels within `radius` of a stroke (a superset): rows of its y-extent, and per row the
+// columns of its bounding box intersected with the band |cross(p - a, b - a)| <= radius |b - a|
+// around its line, widened by a hundredth of a pixel against rounding.
+struct Footprint {
   int64_t row0, row1;
+  double x_lo, x_hi;         // bounding box columns, in pixel units
+  double center0, slope;     // band centre in pixel units: center0 + slope * y
+  double half;               // band half-width in pixel units (infinite: no band)
+  double col_scale;
 };
 
 template <typename T>
-Span rows_of(const T* s, double radius, int64_t H) {
-  const double scale = 0.5 * double(H - 1);
-  const double lo = (std::min(s[1], s[3]) - radius + 1.0) * scale - 0.01;
-  const double hi = (std::max(s[1], s[3]) + radius + 1.0) * scale + 0.01;
-  return {std::max<int64_t>(0, int64_t(std::ceil(std::max(lo, -1.0)))),
-          std::min<int64_t>(H - 1, int64_t(std::floor(std::min(hi, double(H)))))};
+Footprint footprint(const T* s, double radius, int64_t H, int64_t W) {
+  const double x0 = s[0], y0 = s[1], x1 = s[2], y1 = s[3], dx = x1 - x0, dy = y1 - y0;
+  const double row_scale = 0.5 * double(H - 1), col_scale = 0.5 * double(W - 1);
+  Footprint f;
+  const double r_lo = (std::min(y0, y1) - radius + 1.0) * row_scale - 0.01;
+  const double r_hi = (std::max(y0, y1) + radius + 1.0) * row_scale + 0.01;
+  f.row0 = int64_t(std::ceil(std::max(r_lo, 0.0)));
+  f.row1 = int64_t(std::floor(std::min(r_hi, double(H - 1))));
+  f.x_lo = (std::min(x0, x1) - radius + 1.0) * col_scale - 0.01;
+  f.x_hi = (std::max(x0, x1) + radius + 1.0) * col_scale + 0.01;
+  f.col_scale = col_scale;
+  if (dy != 0.0) {
+    f.slope = dx / dy * col_scale;
+    f.center0 = (x0 + 1.0) * col_scale - y0 * f.slope;
+    f.half = radius * std::sqrt(dx * dx + dy * dy) / std::abs(dy) * col_scale + 0.01;
+  } else {  // horizontal or a dot: the rows already bound the distance
+    f.slope = f.center0 = 0.0;
+    f.half = HUGE_VAL;
+  }
+  return f;
 }
 
-template <typename T>
-bool columns_of(const T* s, double radius, double y, int64_t W, int64_t& c0, int64_t& c1) {
-  const double x0 = s[0], y0 = s[1], dx = double(s[2]) - x0, dy = double(s[3]) - y0;
-  double lo = std::min<double>(s[0], s[2]) - radius, hi = std::max<double>(s[0], s[2]) + radius;
-  const double length = std::sqrt(dx * dx + dy * dy);
-  const double uy = y - y0;
-  if (dy != 0.0) {  // |cross(u, d)| <= radius * length
-    const double a = (uy * dx - radius * length) / dy, b = (uy * dx + radius * length) / dy;
-    lo = std::max(lo, x0 + std::min(a, b));
-    hi = std::min(hi, x0 + std::max(a, b));
-  } else if (dx != 0.0 && std::abs(uy) > radius) {
-    return false;
-  }
-  const double scale = 0.5 * double(W - 1);
-  lo = (lo + 1.0) * scale - 0.01;
-  hi = (hi + 1.0) * scale + 0.01;
-  if (!(hi >= 0.0 && lo <= double(W - 1)) || lo > hi) return false;
-  c0 = std::max<int64_t>(0, int64_t(std::ceil(lo)));
-  c1 = std::min<int64_t>(W - 1, int64_t(std::floor(hi)));
+inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_t& c1) {
+  const double center = f.center0 + f.slope * y;
+  const double lo = std::max({f.x_lo, center - f.half, 0.0});
+  const double hi = std::min({f.x_hi, center + f.half, double(W - 1)});
+  if (!(lo <= hi)) return false;
+  c0 = int64_t(std::ceil(lo));
+  c1 = int64_t(std::floor(hi));
   return c0 <= c1;
 }
 
+// Pixels are visited in aligned blocks of kBlock columns, so the inner loops have a fixed
+// length and vectorise with no scalar remainder. Each thread works on a copy of the sketch with
+// rows padded to a multiple of kBlock; the extra pixels a block covers are computed exactly and
+// forward and backward visit the same blocks, so the padding changes nothing but speed.
+constexpr int64_t kBlock = 8;
+
+template <typename T>
+struct Canvas {
+  int64_t H, W, stride;
+  std::vector<T> px;  // column centres, continued linearly into the padding
+  const T* py;
+
+  Canvas(const T* px_in, int64_t W_, const T* py_in, int64_t H_)
+      : H(H_), W(W_), stride((W_ + kBlock - 1) / kBlock * kBlock), px(stride), py(py_in) {
+    for (int64_t c = 0; c < stride; ++c)
+      px[c] = c < W ? px_in[c] : px_in[W - 1] + T(c - W + 1) * (px_in[W - 1] - px_in[W - 2]);
+  }
+
+  // Calls body(row, first_column, end_column) for the blocks covering the stroke's footprint.
+  template <typename Body>
+  void visit(const T* s, double radius, Body&& body) const {
+    const Footprint f = footprint(s, radius, H, W);
+    for (int64_t row = f.row0; row <= f.row1; ++row) {
+      int64_t c0, c1;
+      if (columns(f, double(py[row]), W, c0, c1))
+        body(row, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock);
+    }
+  }
+
+  // Copies a [H, W] plane into a padded scratch plane, filling the padding with `pad`.
+  void pad(const T* src, T* dst, T fill) const {
+    for (int64_t row = 0; row < H; ++row) {
+      std::copy(src + row * W, src + (row + 1) * W, dst + row * stride);
+      std::fill(dst + row * stride + W, dst + (row + 1) * stride, fill);
+    }
+  }
+};
+
 template <typename T, int KERNEL, int COMPOSITE>
-void forward(const T* strokes, int64_t b0, int64_t b1, int64_t n, const T* px, int64_t W,
+void forward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W,
              const T* py, int64_t H, double sigma2, double cutoff_d2, T inv_temperature,
-             bool invert, T* out, T* acc_a, T* acc_b) {
+             bool invert, T* out, T* acc_a, T* acc_b, int threads) {
+  const Canvas<T> canvas(px, W, py, H);
   const T inv_sigma2 = T(1.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
-  const int64_t P = H * W;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* A = acc_a + b * P;  // soft-or: product of non-zero (1 - r); max: sum of exp(r / T)
-    T* B = acc_b + b * P;  // soft-or: count of zero factors;       max: sum of r exp(r / T)
-    std::fill(A, A + P, COMPOSITE == COMPOSITE_SOFTOR ? T(1) : T(n));
-    std::fill(B, B + P, T(0));
+  const int64_t S = canvas.stride;
+  // soft-or: A = product of the non-zero (1 - r), B = number of zero factors;
+  // max: A = sum of exp(r / T), B = sum of r exp(r / T).
+#pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
+  {
+  std::vector<T> A(H * S), B(H * S);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t b = 0; b < batch; ++b) {
+    std::fill(A.begin(), A.end(), COMPOSITE == COMPOSITE_SOFTOR ? T(1) : T(n));
+    std::fill(B.begin(), B.end(), T(0));
     for (int64_t i = 0; i < n; ++i) {
       const T* s = strokes + (b * n + i) * 4;
       const Stroke<T> stroke(s);
-      const Span span = rows_of(s, radius, H);
-      for (int64_t row = span.row0; row <= span.row1; ++row) {
-        int64_t c0, c1;
-        if (!columns_of(s, radius, double(py[row]), W, c0, c1)) continue;
+      canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
         const T uy = py[row] - stroke.y0;
-        T* a = A + row * W;
-        T* z = B + row * W;
+        T* a = A.data() + row * S;
+        T* z = B.data() + row * S;
+        const T* x = canvas.px.data();
+        for (int64_t block = c_begin; block < c_end; block += kBlock) {
 #pragma omp simd
-        for (int64_t c = c0; c <= c1; ++c) {
-          T t, ex, ey, r;
-          pixel<T, KERNEL>(stroke, px[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
-          if (COMPOSITE == COMPOSITE_SOFTOR) {
-            const T f = T(1) - r;
-            a[c] *= f == T(0) ? T(1) : f;
-            z[c] += f == T(0) ? T(1) : T(0);
-          } else {
-            const T e = exp_t(r * inv_temperature);
-            a[c] += e - T(1);
-            z[c] += e * r;
+          for (int64_t c = block; c < block + kBlock; ++c) {
+            T t, ex, ey, r;
+            pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
+            if (COMPOSITE == COMPOSITE_SOFTOR) {
+              const T f = T(1) - r;
+              a[c] *= f == T(0) ? T(1) : f;
+              z[c] += f == T(0) ? T(1) : T(0);
+            } else {
+              const T e = exp_t(r * inv_temperature);
+              a[c] += e - T(1);
+              z[c] += e * r;
+            }
           }
+        }
+      });
+    }
+    const int64_t P = H * W;
+    for (int64_t row = 0; row < H; ++row) {
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t p = b * P + row * W + c;
+        const T a = A[row * S + c], z = B[row * S + c];
+        acc_a[p] = a;
+        if (COMPOSITE == COMPOSITE_SOFTOR) {
+          acc_b[p] = z;
+          const T paper = z > T(0) ? T(0) : a;
+          out[p] = invert ? paper : T(1) - paper;
+        } else {
+          acc_b[p] = z / a;  // the ink, kept for backward
+          out[p] = invert ? T(1) - z / a : z / a;
         }
       }
     }
-    T* o = out + b * P;
-    for (int64_t p = 0; p < P; ++p) {
-      if (COMPOSITE == COMPOSITE_SOFTOR) {
-        const T paper = B[p] > T(0) ? T(0) : A[p];
-        o[p] = invert ? paper : T(1) - paper;
-      } else {
-        B[p] = B[p] / A[p];  // keep the ink for backward
-        o[p] = invert ? T(1) - B[p] : B[p];
-      }
-    }
+  }
   }
 }
 
 template <typename T, int KERNEL, int COMPOSITE>
-void backward(const T* strokes, int64_t b0, int64_t b1, int64_t n, const T* px, int64_t W,
+void backward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W,
               const T* py, int64_t H, double sigma2, double cutoff_d2, T inv_temperature,
-              const T* grad_ink, const T* acc_a, const T* acc_b, T* grad) {
+              const T* grad_ink, const T* acc_a, const T* acc_b, T* grad, int threads) {
+  const Canvas<T> canvas(px, W, py, H);
   const T inv_sigma2 = T(1.0 / sigma2);
   const T two_over_sigma2 = T(2.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
-  const int64_t P = H * W;
-  for (int64_t b = b0; b < b1; ++b) {
+  const int64_t S = canvas.stride, P = H * W;
+#pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
+  {
+  std::vector<T> A(H * S), B(H * S), G(H * S);
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t b = 0; b < batch; ++b) {
+    // Zero gradient in the padding makes its (finite) contributions vanish.
+    canvas.pad(acc_a + b * P, A.data(), T(1));
+    canvas.pad(acc_b + b * P, B.data(), T(0));
+    canvas.pad(grad_ink + b * P, G.data(), T(0));
     for (int64_t i = 0; i < n; ++i) {
       const T* s = strokes + (b * n + i) * 4;
       const Stroke<T> stroke(s);
-      const Span span = rows_of(s, radius, H);
       double ax = 0, ay = 0, bx = 0, by = 0;  // per-row partial sums are added in double
-      for (int64_t row = span.row0; row <= span.row1; ++row) {
-        int64_t c0, c1;
-        if (!columns_of(s, radius, double(py[row]), W, c0, c1)) continue;
+      canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
         const T uy = py[row] - stroke.y0;
-        const T* g = grad_ink + b * P + row * W;
-        const T* A = acc_a + b * P + row * W;
-        const T* B = acc_b + b * P + row * W;
+        const T* g = G.data() + row * S;
+        const T* a = A.data() + row * S;
+        const T* z = B.data() + row * S;
+        const T* x = canvas.px.data();
         T rax = 0, ray = 0, rbx = 0, rby = 0;
+        for (int64_t block = c_begin; block < c_end; block += kBlock) {
 #pragma omp simd reduction(+ : rax, ray, rbx, rby)
-        for (int64_t c = c0; c <= c1; ++c) {
-          T t, ex, ey, r;
-          pixel<T, KERNEL>(stroke, px[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
-          T grad_r;
-          if (COMPOSITE == COMPOSITE_SOFTOR) {  // product of the other factors, exact at 0
-            const T f = T(1) - r;
-            const T others = B[c] == T(0) ? A[c] / (f == T(0) ? T(1) : f)
-                             : (B[c] == T(1) && f == T(0)) ? A[c] : T(0);
-            grad_r = g[c] * others;
-          } else {  // d/dr_i of sum_j softmax(r/T)_j r_j
-            const T e = exp_t(r * inv_temperature);
-            grad_r = g[c] * (e / A[c]) * (T(1) + (r - B[c]) * inv_temperature);
+          for (int64_t c = block; c < block + kBlock; ++c) {
+            T t, ex, ey, r;
+            pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
+            T grad_r;
+            if (COMPOSITE == COMPOSITE_SOFTOR) {  // product of the other factors, exact at 0
+              const T f = T(1) - r;
+              const T others = z[c] == T(0) ? a[c] / (f == T(0) ? T(1) : f)
+                               : (z[c] == T(1) && f == T(0)) ? a[c] : T(0);
+              grad_r = g[c] * others;
+            } else {  // d/dr_i of sum_j softmax(r/T)_j r_j
+              const T e = exp_t(r * inv_temperature);
+              grad_r = g[c] * (e / a[c]) * (T(1) + (r - z[c]) * inv_temperature);
+            }
+            const T dr_dz = KERNEL == KERNEL_EXP ? r : r * (T(1) - T(0.5) * r);
+            const T gc = grad_r * dr_dz * two_over_sigma2;
+            const T gx = gc * ex, gy = gc * ey;
+            rax += gx * (T(1) - t);
+            ray += gy * (T(1) - t);
+            rbx += gx * t;
+            rby += gy * t;
           }
-          const T dr_dz = KERNEL == KERNEL_EXP ? r : r * (T(1) - T(0.5) * r);
-          const T gc = grad_r * dr_dz * two_over_sigma2;
-          const T gx = gc * ex, gy = gc * ey;
-          rax += gx * (T(1) - t);
-          ray += gy * (T(1) - t);
-          rbx += gx * t;
-          rby += gy * t;
         }
         ax += rax;
         ay += ray;
         bx += rbx;
         by += rby;
-      }
+      });
       T* out = grad + (b * n + i) * 4;
       out[0] = T(ax);
       out[1] = T(ay);
@@ -227,65 +292,80 @@ void backward(const T* strokes, int64_t b0, int64_t b1, int64_t n, const T* px, 
       out[3] = T(by);
     }
   }
+  }
 }
 
 template <typename T>
-void forward_any(int kernel, int composite, const T* strokes, int64_t b0, int64_t b1,
-                 int64_t n, const T* px, int64_t W, const T* py, int64_t H, double sigma2,
-                 double cutoff_d2, double inv_temperature, int invert, T* out, T* acc_a,
-                 T* acc_b) {
+void forward_any(int kernel, int composite, const T* strokes, int64_t batch, int64_t n,
+                 const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,
+                 double inv_temperature, int invert, T* out, T* acc_a, T* acc_b, int threads) {
   auto f = kernel == KERNEL_EXP
                ? (composite == COMPOSITE_SOFTOR ? forward<T, KERNEL_EXP, COMPOSITE_SOFTOR>
                                                 : forward<T, KERNEL_EXP, COMPOSITE_MAX>)
                : (composite == COMPOSITE_SOFTOR ? forward<T, KERNEL_SIGMOID, COMPOSITE_SOFTOR>
                                                 : forward<T, KERNEL_SIGMOID, COMPOSITE_MAX>);
-  f(strokes, b0, b1, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), invert != 0, out,
-    acc_a, acc_b);
+  f(strokes, batch, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), invert != 0, out,
+    acc_a, acc_b, threads);
 }
 
 template <typename T>
-void backward_any(int kernel, int composite, const T* strokes, int64_t b0, int64_t b1,
-                  int64_t n, const T* px, int64_t W, const T* py, int64_t H, double sigma2,
+void backward_any(int kernel, int composite, const T* strokes, int64_t batch, int64_t n,
+                  const T* px, int64_t W, const T* py, int64_t H, double sigma2,
                   double cutoff_d2, double inv_temperature, const T* grad_ink, const T* acc_a,
-                  const T* acc_b, T* grad) {
+                  const T* acc_b, T* grad, int threads) {
   auto f = kernel == KERNEL_EXP
                ? (composite == COMPOSITE_SOFTOR ? backward<T, KERNEL_EXP, COMPOSITE_SOFTOR>
                                                 : backward<T, KERNEL_EXP, COMPOSITE_MAX>)
                : (composite == COMPOSITE_SOFTOR ? backward<T, KERNEL_SIGMOID, COMPOSITE_SOFTOR>
                                                 : backward<T, KERNEL_SIGMOID, COMPOSITE_MAX>);
-  f(strokes, b0, b1, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), grad_ink, acc_a,
-    acc_b, grad);
+  f(strokes, batch, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), grad_ink, acc_a,
+    acc_b, grad, threads);
 }
 
 }  // namespace
 
-// C entry points, one pair per dtype; each handles sketches [b0, b1) of a contiguous batch.
-#define ENTRY_POINTS(T, SUFFIX)                                                              \
-  extern "C" void raster_forward_##SUFFIX(                                                   \
-      int kernel, int composite, const T* strokes, int64_t b0, int64_t b1, int64_t n,        \
-      const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,       \
-      double inv_temperature, int invert, T* out, T* acc_a, T* acc_b) {                      \
-    forward_any<T>(kernel, composite, strokes, b0, b1, n, px, W, py, H, sigma2, cutoff_d2,   \
-                   inv_temperature, invert, out, acc_a, acc_b);                              \
-  }                                                                                          \
-  extern "C" void raster_backward_##SUFFIX(                                                  \
-      int kernel, int composite, const T* strokes, int64_t b0, int64_t b1, int64_t n,        \
-      const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,       \
-      double inv_temperature, const T* grad_ink, const T* acc_a, const T* acc_b, T* grad) {  \
-    backward_any<T>(kernel, composite, strokes, b0, b1, n, px, W, py, H, sigma2, cutoff_d2,  \
-                    inv_temperature, grad_ink, acc_a, acc_b, grad);                          \
-  }
-
-ENTRY_POINTS(float, f32)
-ENTRY_POINTS(double, f64)
+// C entry points, one pair per dtype, for contiguous [batch, n, 4] strokes and [batch, H, W]
+// planes; sketches are shared out over `threads` OpenMP threads.
+extern "C" {
+void raster_forward_f32(int kernel, int composite, const float* strokes, int64_t batch,
+                        int64_t n, const float* px, int64_t W, const float* py, int64_t H,
+                        double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                        int invert, float* out, float* acc_a, float* acc_b) {
+  forward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
+              inv_temperature, invert, out, acc_a, acc_b, threads);
+}
+void raster_forward_f64(int kernel, int composite, const double* strokes, int64_t batch,
+                        int64_t n, const double* px, int64_t W, const double* py, int64_t H,
+                        double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                        int invert, double* out, double* acc_a, double* acc_b) {
+  forward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
+              inv_temperature, invert, out, acc_a, acc_b, threads);
+}
+void raster_backward_f32(int kernel, int composite, const float* strokes, int64_t batch,
+                         int64_t n, const float* px, int64_t W, const float* py, int64_t H,
+                         double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                         const float* grad_ink, const float* acc_a, const float* acc_b,
+                         float* grad) {
+  backward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
+               inv_temperature, grad_ink, acc_a, acc_b, grad, threads);
+}
+void raster_backward_f64(int kernel, int composite, const double* strokes, int64_t batch,
+                         int64_t n, const double* px, int64_t W, const double* py, int64_t H,
+                         double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                         const double* grad_ink, const double* acc_a, const double* acc_b,
+                         double* grad) {
+  backward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
+               inv_temperature, grad_ink, acc_a, acc_b, grad, threads);
+}
+}
 """
 
 KERNEL_CODES = {"exp": 0, "sigmoid": 1}
 COMPOSITE_CODES = {"softor": 0, "max": 1}
+_WORK_PER_THREAD = 1 << 16  # strokes x (H + W) of one sketch batch, per thread
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 
 
 def load() -> tuple[ctypes.CDLL | None, str]:
@@ -308,7 +388,7 @@ def load() -> tuple[ctypes.CDLL | None, str]:
 
 
 def _compile_flags() -> list[str]:
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fopenmp-simd"]
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fopenmp"]
     # Tune for this CPU only on Linux, where the cache key includes its feature flags.
     if platform.system() == "Linux" and platform.machine() == "x86_64":
         flags.append("-march=native")
@@ -358,50 +438,33 @@ def _build() -> Path:
     return target
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """A thread pool per process (rebuilt after fork or when torch's thread count changes)."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
-        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, "sketchenv-raster"))
-    return _pool[2]
-
-
 def _call(library: ctypes.CDLL, name: str, strokes: Tensor, spec: tuple, *tail) -> None:
-    """Call kernel entry point `name` over sketch ranges split across torch's CPU threads."""
+    """Call kernel entry point `name` on [B, n, 4] strokes, over up to torch's CPU threads."""
     px, py, sigma2, cutoff_d2, kernel, composite, inv_temperature = spec
-    n_sketches, n_strokes, _ = strokes.shape
-    function = getattr(library, f"{name}_{'f64' if strokes.dtype == torch.float64 else 'f32'}")
-    tail_args = [
-        ctypes.c_void_p(t.data_ptr()) if isinstance(t, Tensor) else ctypes.c_int(t) for t in tail
-    ]
-
-    def args(b0: int, b1: int) -> list:
-        return [
-            ctypes.c_int(KERNEL_CODES[kernel]),
-            ctypes.c_int(COMPOSITE_CODES[composite]),
-            ctypes.c_void_p(strokes.data_ptr()),
-            ctypes.c_int64(b0),
-            ctypes.c_int64(b1),
-            ctypes.c_int64(n_strokes),
-            ctypes.c_void_p(px.data_ptr()),
-            ctypes.c_int64(px.numel()),
-            ctypes.c_void_p(py.data_ptr()),
-            ctypes.c_int64(py.numel()),
-            ctypes.c_double(sigma2),
-            ctypes.c_double(cutoff_d2),
-            ctypes.c_double(inv_temperature),
-            *tail_args,
-        ]
-
-    workers = max(1, min(torch.get_num_threads(), n_sketches))
-    if workers == 1:
-        function(*args(0, n_sketches))
-        return
-    bounds = [n_sketches * i // workers for i in range(workers + 1)]
-    pool = _executor(workers)
-    jobs = [pool.submit(function, *args(b0, b1)) for b0, b1 in itertools.pairwise(bounds)]
-    for job in jobs:
-        job.result()
+    suffix = "f64" if strokes.dtype == torch.float64 else "f32"
+    # About a millisecond of work per thread at least: waking threads for less costs more,
+    # especially on a busy machine.
+    work = strokes.shape[0] * strokes.shape[1] * (px.numel() + py.numel())
+    threads = max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
+    getattr(library, f"{name}_{suffix}")(
+        ctypes.c_int(KERNEL_CODES[kernel]),
+        ctypes.c_int(COMPOSITE_CODES[composite]),
+        ctypes.c_void_p(strokes.data_ptr()),
+        ctypes.c_int64(strokes.shape[0]),
+        ctypes.c_int64(strokes.shape[1]),
+        ctypes.c_void_p(px.data_ptr()),
+        ctypes.c_int64(px.numel()),
+        ctypes.c_void_p(py.data_ptr()),
+        ctypes.c_int64(py.numel()),
+        ctypes.c_double(sigma2),
+        ctypes.c_double(cutoff_d2),
+        ctypes.c_double(inv_temperature),
+        ctypes.c_int(threads),
+        *(
+            ctypes.c_void_p(t.data_ptr()) if isinstance(t, Tensor) else ctypes.c_int(t)
+            for t in tail
+        ),
+    )
 
 
 def forward(library: ctypes.CDLL, strokes: Tensor, spec: tuple, invert: bool):

@@ -221,7 +221,7 @@ def test_bad_input_errors(strokes, kwargs, error, match):
         render_strokes(strokes, kwargs.pop("image_size"), **kwargs)
 
 
-def test_kernel_path_is_used_when_available(backend, caplog):
+def test_kernel_path_is_used_when_available(backend):
     from sketchenv import raster
 
     uses_kernel = raster._use_cpu_kernel(torch.device("cpu"))
