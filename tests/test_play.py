@@ -9,10 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
+import sketchenv
 from train import play
 from train.study import GameRecord, StudyDB, format_report, summarize
 
@@ -186,21 +189,11 @@ def test_two_humans_share_the_window_and_their_drawing_is_recorded(tmp_path, mon
         assert game["sender"] == game["receiver"] == "human"
 
 
-def fake_agent(path, device):
-    """A deterministic stand-in for a trained checkpoint: fixed strokes, picks the darkest."""
-
-    def policy(observation, agent):
-        if agent == "sender_0":
-            return np.tile(np.float32([-0.5, 0.0, 0.5, 0.0]), (3, 1))
-        n = sum(key.startswith("candidate_") for key in observation)
-        return int(np.argmin([observation[f"candidate_{i}"].mean() for i in range(n)]))
-
-    return policy
-
-
-CONFIG = {"dataset": "shapes", "data_root": "./data", "image_size": 16, "loss": "hinge"}
-TRAINED = {  # the game a (fake) checkpoint was trained on
+TRAINED = {  # AgentPolicy.env_options() of the (fake) checkpoint's training game
     "game": "original",
+    "dataset": "shapes",
+    "root": "./data",
+    "image_size": 16,
     "n_distractors": 5,
     "n_lines": 3,
     "sigma2": 1e-3,
@@ -210,13 +203,31 @@ TRAINED = {  # the game a (fake) checkpoint was trained on
 }
 
 
+class FakeAgent:
+    """A deterministic stand-in for AgentPolicy: fixed strokes, picks the darkest candidate."""
+
+    config = SimpleNamespace(loss="hinge", perceptual_coef=1.0)
+    loaded: ClassVar[list] = []
+
+    def __init__(self, path, device, strict) -> None:
+        self.strict = strict
+        self.loaded.append(self)
+
+    def env_options(self) -> dict:
+        return dict(TRAINED)
+
+    def __call__(self, observation, agent):
+        if agent == "sender_0":
+            return np.tile(np.float32([-0.5, 0.0, 0.5, 0.0]), (3, 1))
+        n = sum(key.startswith("candidate_") for key in observation)
+        return int(np.argmin([observation[f"candidate_{i}"].mean() for i in range(n)]))
+
+
 def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monkeypatch):
     checkpoint = tmp_path / "perceptual.pt"
     checkpoint.write_bytes(b"weights")
-    monkeypatch.setattr(play, "load_agent", fake_agent)
-    monkeypatch.setattr(
-        play, "read_training", lambda path: ({**CONFIG, "perceptual_coef": 1}, TRAINED)
-    )
+    monkeypatch.setattr(play, "load_agent", FakeAgent)
+    monkeypatch.setattr(FakeAgent, "loaded", [])
     db = str(tmp_path / "study.sqlite")
     args = ["--sender", str(checkpoint), "--receiver", "random", "--games", "4", "--db", db]
     play.run(play.parse_args(args))  # no game flags: the checkpoint's game is played
@@ -229,6 +240,7 @@ def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monk
     assert all(len(json.loads(g["candidate_ids"])) == 6 for g in games)
     assert all(g["agent"] == identity and g["agent_choice"] is not None for g in games)
     assert all(g["agent_correct"] == int(g["agent_choice"] == g["target"]) for g in games)
+    assert len(FakeAgent.loaded) == 1  # one checkpoint, loaded once for both roles
     choices = [g["agent_choice"] for g in games]
 
     # the agent as the receiver itself: its choices are the record's and the agent column's
@@ -237,9 +249,46 @@ def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monk
     agent_games = rows(tmp_path / "a.sqlite")
     assert [g["choice"] for g in agent_games] == [g["agent_choice"] for g in agent_games] == choices
 
-    # flags override the checkpoint's game
+    # flags override the checkpoint's game; the receiver then plays with fewer candidates
     play.run(play.parse_args([*args, "--n-distractors", "2", "--db", str(tmp_path / "b.sqlite")]))
     assert all(len(json.loads(g["candidate_ids"])) == 3 for g in rows(tmp_path / "b.sqlite"))
+    assert FakeAgent.loaded[-1].strict is False
+
+
+def test_a_real_checkpoint_plays_against_a_human_receiver(tmp_path, monkeypatch):
+    """Integration with agents/: a freshly initialised run saved as a real checkpoint."""
+    policies = pytest.importorskip("agents.policies")
+    from agents.checkpoint import game_settings, save_checkpoint
+    from agents.config import SelfPlayConfig
+    from agents.experiment import make_agents, make_game
+
+    config = SelfPlayConfig(dataset="shapes", image_size=16, n_distractors=5, lines=3)
+    sender, receiver = make_agents(config, (16, 16), load_weights=False)
+    run = tmp_path / "run"
+    save_checkpoint(
+        run / "best.pt",
+        {
+            "config": config.to_dict(),
+            "game": game_settings(make_game(config, "val")),
+            "sender": sender.state_dict(),
+            "receiver": receiver.state_dict(),
+        },
+    )
+    headless_person(monkeypatch)
+    monkeypatch.setattr(ClickingReceiver, "calls", 10)
+    db = tmp_path / "study.sqlite"
+    argv = ["--sender", str(run), "--receiver", "human", "--participant", "bo", "--games", "3"]
+    assert play.run(play.parse_args([*argv, "--no-feedback", "--db", str(db)])) == 3
+    games = rows(db)
+    policy = policies.AgentPolicy.from_checkpoint(run)
+    for game in games:  # the agent receiver's choice is the checkpoint's own, on that game
+        assert game["sender"] == game["agent"] and game["sender"].startswith("checkpoint:best.pt#")
+        assert game["agent_choice"] is not None and game["choice"] == 0
+        assert json.loads(game["setting"])["n_lines"] == 3
+    env = sketchenv.parallel_env(**policy.env_options(split="test"))
+    observations, _ = env.reset(seed=play.game_seed(0, 1))
+    strokes = policy(observations["sender_0"], "sender_0")
+    np.testing.assert_allclose(json.loads(games[1]["strokes"]), strokes, atol=1e-5)
 
 
 def record(participant, setting, index, outcome, agent_right=True) -> GameRecord:

@@ -14,7 +14,6 @@ same games. Esc or closing the window stops cleanly.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import sys
 import time
@@ -79,55 +78,51 @@ def checkpoint_identity(path: str) -> str:
     return f"checkpoint:{file.name}#{digest.hexdigest()[:12]}"
 
 
-def load_agent(path: str, device: str | None) -> Policy:
-    """A trained agent as an env policy (acts for both sender_0 and receiver_0)."""
+def load_agent(path: str, device: str | None, strict: bool) -> Policy:
+    """A trained agent as an env policy (acts for both sender_0 and receiver_0); with
+    ``strict=False`` its receiver may play with another number of candidates."""
     from agents.policies import AgentPolicy  # torch models load only when a checkpoint is used
 
-    return AgentPolicy.from_checkpoint(path, device=device)
+    return AgentPolicy.from_checkpoint(path, device=device, strict=strict)
 
 
-@functools.lru_cache(maxsize=8)
-def read_training(path: str) -> tuple[dict, dict]:
-    """The training config and game settings stored in a checkpoint (weights not kept)."""
-    from agents.checkpoint import read_checkpoint
+def compared_agent(args: argparse.Namespace) -> str | None:
+    """The checkpoint whose receiver also answers each game: ``--compare``, else the
+    sender's checkpoint when the receiver is a person or random."""
+    if args.compare is not None or args.receiver not in PLAYERS:
+        return args.compare
+    return None if args.sender in PLAYERS else args.sender
 
-    payload = read_checkpoint(checkpoint_file(path))
-    return payload["config"], payload["game"]
 
-
-def trained_game(path: str) -> dict:
-    """The env options of the game the checkpoint's agents were trained on."""
-    config, game = read_training(path)
+def load_agents(args: argparse.Namespace) -> dict[str, Policy]:
+    """Every checkpoint the session uses, loaded once, in the order sender, receiver, compare."""
+    specs = [args.sender, args.receiver, compared_agent(args)]
+    strict = args.n_distractors is None  # people may play with fewer candidates than trained
     return {
-        "game": game["game"],
-        "dataset": config["dataset"],
-        "root": config["data_root"],
-        "image_size": config["image_size"],
-        "n_distractors": game["n_distractors"],
-        "n_lines": game["n_lines"],
-        "sigma2": game["sigma2"],
-        "kernel": game["kernel"],
-        "composite": game["composite"],
-        "invert": game["invert"],
+        spec: load_agent(spec, args.device, strict)
+        for spec in dict.fromkeys(specs)
+        if spec not in PLAYERS
     }
 
 
-def training_loss(path: str) -> str:
-    """The loss a checkpoint was trained with, as the paper's tables name it."""
-    config, _ = read_training(path)
-    coef = config.get("perceptual_coef") or 0.0
-    return f"{config['loss']} + {coef:g} perceptual" if coef > 0 else config["loss"]
-
-
-def game_options(args: argparse.Namespace) -> dict:
-    """The env's options: the flags given, else the first checkpoint's game, else defaults."""
-    checkpoints = [s for s in (args.sender, args.receiver, args.compare) if s not in PLAYERS]
-    trained = trained_game(checkpoints[0]) if checkpoints else {}
+def game_options(args: argparse.Namespace, agents: dict[str, Policy]) -> dict:
+    """The env's options: the flags given, else the first agent's training game, else defaults."""
+    first = next(iter(agents.values()), None)
+    trained = first.env_options() if hasattr(first, "env_options") else {}
     options = {**trained, "split": args.split}
     for key, default in DEFAULTS.items():
         flag = getattr(args, key)
         options[key] = flag if flag is not None else trained.get(key, default)
     return options
+
+
+def training_loss(agent: Policy) -> str | None:
+    """The loss an agent was trained with, as the paper's tables name it (None if unknown)."""
+    config = getattr(agent, "config", None)
+    if config is None:
+        return None
+    coef = config.perceptual_coef or 0.0
+    return f"{config.loss} + {coef:g} perceptual" if coef > 0 else config.loss
 
 
 def player_identity(spec: str) -> str:
@@ -195,18 +190,17 @@ def play_game(
 
 
 def make_players(
-    args: argparse.Namespace, env, window: GameWindow | None, n_lines: int
+    args: argparse.Namespace,
+    env,
+    window: GameWindow | None,
+    agents: dict[str, Policy],
+    n_lines: int,
 ) -> tuple[Policy, Policy, Policy | None, str | None]:
     """The sender, the receiver, the compared agent receiver (if any) and that agent's name.
 
-    The compared agent is ``--compare``, else the sender's checkpoint when the receiver is
-    a person or random; when the receiver is itself a checkpoint it is the compared agent.
+    When the receiver is itself a checkpoint (and no ``--compare`` is given), it is the
+    agent of the comparison: its own choices fill the agent column.
     """
-    compare_spec = args.compare
-    if compare_spec is None and args.receiver in PLAYERS:
-        compare_spec = None if args.sender in PLAYERS else args.sender
-    specs = {args.sender, args.receiver, compare_spec} - set(PLAYERS)
-    agents = {spec: load_agent(spec, args.device) for spec in sorted(specs)}
 
     def make(spec: str, role: str) -> Policy:
         if spec == "human" and role == SENDER:
@@ -218,9 +212,10 @@ def make_players(
         return agents[spec]
 
     sender, receiver = make(args.sender, SENDER), make(args.receiver, RECEIVER)
-    if compare_spec is not None:
-        return sender, receiver, agents[compare_spec], player_identity(compare_spec)
-    if args.receiver in agents:
+    compare = compared_agent(args)
+    if compare is not None:
+        return sender, receiver, agents[compare], player_identity(compare)
+    if args.receiver not in PLAYERS:
         return sender, receiver, None, player_identity(args.receiver)
     return sender, receiver, None, None
 
@@ -297,12 +292,12 @@ def report(path: str, csv_path: str | None = None) -> str:
     return format_report(summary)
 
 
-def session_setting(args: argparse.Namespace, options: dict) -> dict:
+def session_setting(args: argparse.Namespace, options: dict, agents: dict[str, Policy]) -> dict:
     """What makes two sessions comparable: the game, the data and who plays how."""
     return {
         **{key: value for key, value in options.items() if key != "root"},
         "sender": player_identity(args.sender),
-        "sender_loss": None if args.sender in PLAYERS else training_loss(args.sender),
+        "sender_loss": training_loss(agents[args.sender]) if args.sender in agents else None,
         "receiver": player_identity(args.receiver),
         "feedback": args.feedback,
     }
@@ -312,8 +307,9 @@ def run(args: argparse.Namespace) -> int:
     """Play the session's remaining games, recording each as it ends; returns how many."""
     db_path = Path(args.db) if args.db else Path(args.output) / "study.sqlite"
     participant = args.participant or "agents"
-    options = game_options(args)
-    setting = session_setting(args, options)
+    agents = load_agents(args)
+    options = game_options(args, agents)
+    setting = session_setting(args, options, agents)
     db = StudyDB(db_path)
     done = db.played(participant, setting, args.seed)
     todo = [i for i in range(args.games) if i not in done]
@@ -322,10 +318,13 @@ def run(args: argparse.Namespace) -> int:
         db.close()
         return 0
     env = sketchenv.parallel_env(**options)
+    for agent in agents.values():
+        if hasattr(agent, "check_env"):
+            agent.check_env(env)  # a clear error when the agents cannot play this game
     window = None
     if "human" in (args.sender, args.receiver):
         window = GameWindow(tuple(args.window_size), feedback=args.feedback)
-    sender, receiver, compare, agent = make_players(args, env, window, options["n_lines"])
+    sender, receiver, compare, agent = make_players(args, env, window, agents, options["n_lines"])
     wins = db.wins(participant, setting, args.seed)
     played = 0
     try:
