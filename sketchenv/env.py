@@ -18,7 +18,7 @@ from pettingzoo import ParallelEnv
 from pettingzoo.utils import wrappers
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from sketchenv.game import SketchGame
+from sketchenv.game import GameBatch, SketchGame
 from sketchenv.rendering import compose_frame
 
 SENDER = "sender_0"
@@ -233,7 +233,7 @@ class SketchParallelEnv(ParallelEnv):
             self._window = None
 
     @property
-    def current_game(self):
+    def current_game(self) -> GameBatch | None:
         """The current game as a `GameBatch` with B = G = 1 (dataset ids, labels and the target),
         for logging and analysis; None before the first reset. Policies must not read it."""
         return self._game
