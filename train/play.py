@@ -61,21 +61,13 @@ def game_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def checkpoint_file(path: str) -> Path:
-    """The checkpoint file of ``path``: a ``.pt`` file, or a run folder's best/last one."""
-    from agents.checkpoint import find_checkpoint
-
-    return find_checkpoint(path)
-
-
-def checkpoint_identity(path: str) -> str:
+def checkpoint_identity(file: str | Path) -> str:
     """``checkpoint:<file name>#<sha256 prefix>``: stable when the file moves, changes with it."""
-    file = checkpoint_file(path)
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"checkpoint:{file.name}#{digest.hexdigest()[:12]}"
+    return f"checkpoint:{Path(file).name}#{digest.hexdigest()[:12]}"
 
 
 def load_agent(path: str, device: str | None, strict: bool) -> Policy:
@@ -125,8 +117,12 @@ def training_loss(agent: Policy) -> str | None:
     return f"{config.loss} + {coef:g} perceptual" if coef > 0 else config.loss
 
 
-def player_identity(spec: str) -> str:
-    return spec if spec in PLAYERS else checkpoint_identity(spec)
+def player_identity(spec: str, agents: dict[str, Policy]) -> str:
+    """``human``, ``random``, or the identity of the checkpoint file the agent was read from
+    (a run folder resolves to its best or last checkpoint)."""
+    if spec in PLAYERS:
+        return spec
+    return checkpoint_identity(getattr(agents[spec], "path", None) or spec)
 
 
 def game_facts(env) -> dict:
@@ -214,9 +210,9 @@ def make_players(
     sender, receiver = make(args.sender, SENDER), make(args.receiver, RECEIVER)
     compare = compared_agent(args)
     if compare is not None:
-        return sender, receiver, agents[compare], player_identity(compare)
+        return sender, receiver, agents[compare], player_identity(compare, agents)
     if args.receiver not in PLAYERS:
-        return sender, receiver, None, player_identity(args.receiver)
+        return sender, receiver, None, player_identity(args.receiver, agents)
     return sender, receiver, None, None
 
 
@@ -296,9 +292,9 @@ def session_setting(args: argparse.Namespace, options: dict, agents: dict[str, P
     """What makes two sessions comparable: the game, the data and who plays how."""
     return {
         **{key: value for key, value in options.items() if key != "root"},
-        "sender": player_identity(args.sender),
+        "sender": player_identity(args.sender, agents),
         "sender_loss": training_loss(agents[args.sender]) if args.sender in agents else None,
-        "receiver": player_identity(args.receiver),
+        "receiver": player_identity(args.receiver, agents),
         "feedback": args.feedback,
     }
 
