@@ -375,6 +375,7 @@ def test_a_game_is_recorded_once(fixture_db):
         (["--csv", "x.csv"], "--csv goes with --report"),
         (["--receiver", "human"], "--participant"),
         (["--games", "0"], "--games"),
+        (["--receiver", "random", "--window-size", "200", "100"], "--window-size"),
         (["--receiver", "random", "--compare", "human"], "--compare takes a checkpoint"),
     ],
 )

@@ -1,10 +1,11 @@
 """Play the sketching game with people in the loop, and report the human study.
 
-    python -m train.play --sender runs/perceptual/checkpoint.pt --receiver human \\
+    python -m train.play --sender runs/perceptual --receiver human \\
         --participant alice --games 30 --no-feedback
     python -m train.play --report runs/play/study.sqlite --csv study.csv
 
-Each player is ``human``, ``random`` (seeded) or a checkpoint path (a trained agent).
+Each player is ``human``, ``random`` (seeded) or a trained agent: a checkpoint file or a
+run folder of ``train.selfplay``, whose training game is then the default game.
 Every game is written to SQLite as soon as it ends, so a kill loses at most the game in
 progress; running the same command again continues at the next game. Game ``i`` of a
 session depends only on ``(--seed, i)``, so every participant with the same seed sees the
@@ -236,15 +237,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: the checkpoint's, else original",
     )
     parser.add_argument("--dataset", default=None, help="default: the checkpoint's, else shapes")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="default: test"
+    )
     parser.add_argument("--root", default=None, help="dataset folder (default ./data)")
     parser.add_argument("--n-distractors", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument(
         "--n-lines", type=int, default=None, help="default: the checkpoint's, else 20"
     )
-    parser.add_argument("--games", type=int, default=30, help="games per session")
-    parser.add_argument("--seed", type=int, default=0, help="the session's games depend on it")
+    parser.add_argument("--games", type=int, default=30, help="games per session (default 30)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the session's games depend only on it (default 0)"
+    )
     parser.add_argument("--participant", default=None, help="name or code of the player")
     parser.add_argument(
         "--feedback",
@@ -252,10 +257,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="show the right answer and the score after each game (the paper ran both)",
     )
-    parser.add_argument("--output", default="runs/play", help="folder for the database")
+    parser.add_argument(
+        "--output", default="runs/play", help="folder for the database (default runs/play)"
+    )
     parser.add_argument("--db", default=None, help="SQLite file (default OUTPUT/study.sqlite)")
-    parser.add_argument("--device", default=None, help="torch device for checkpoints")
-    parser.add_argument("--window-size", type=int, nargs=2, default=(1200, 720), metavar=("W", "H"))
+    parser.add_argument(
+        "--device", default=None, help="device for checkpoints: auto, cpu, cuda:N (default cpu)"
+    )
+    parser.add_argument(
+        "--window-size",
+        type=int,
+        nargs=2,
+        default=(1200, 720),
+        metavar=("W", "H"),
+        help="window pixels (default 1200 720; bigger shows 100 candidates larger)",
+    )
     parser.add_argument("--report", metavar="DB", default=None, help="print the study report")
     parser.add_argument("--csv", metavar="FILE", default=None, help="with --report: export CSV")
     args = parser.parse_args(argv)
@@ -263,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--csv goes with --report DB")
     if args.games < 1:
         parser.error(f"--games must be >= 1, got {args.games}")
+    if min(args.window_size) < 320:
+        parser.error(f"--window-size must be at least 320 320, got {args.window_size}")
     if args.n_lines is not None and args.n_lines < 1:
         parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
     for option in ("sender", "receiver", "compare"):
