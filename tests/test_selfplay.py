@@ -1,0 +1,133 @@
+"""python -m train.selfplay: outputs, configuration precedence, interruption and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train.selfplay as selfplay
+from agents.checkpoint import load_run, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """imagefolder data: 3 classes, 8 train and 4 val images each, 16 px."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 4)):
+        for c in range(3):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return root
+
+
+def tiny_args(folder, out, *extra: str) -> list[str]:
+    """24 train images in blocks of 4, 2 blocks per step: 3 steps per epoch."""
+    return [
+        "--dataset", f"imagefolder:{folder}", "--image-size", "16", "--n-distractors", "3",
+        "--batch-size", "8", "--backbone-width", "4", "--lines", "4", "--epochs", "2",
+        "--val-games", "8", "--log-every", "1", "--warmup-steps", "2", "--sigma2", "5e-3",
+        "--output", str(out), *extra,
+    ]  # fmt: skip
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    payload = read_checkpoint(path, which="last")
+    return {
+        **{f"sender.{k}": v for k, v in payload["sender"].items()},
+        **{f"receiver.{k}": v for k, v in payload["receiver"].items()},
+    }
+
+
+def test_run_directory_holds_config_logs_grids_and_checkpoints(folder, tmp_path):
+    metrics = selfplay.main(tiny_args(folder, tmp_path / "run"))
+    run_dir = tmp_path / "run"
+    assert 0 <= metrics["comm_rate"] <= 1 and metrics["games"] == 8
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["lines"] == 4 and saved["config"]["perceptual_weights"] == [1.0] * 5
+    assert saved["game"]["n_candidates"] == 4 and saved["derived"]["steps_per_epoch"] == 3
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [3, 6]
+    assert len(list((run_dir / "grids").glob("step*.png"))) == 2
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+    best = read_checkpoint(run_dir)["best"]
+    assert load_run(run_dir).progress["step"] == best["step"]  # best.pt is the default
+    run = load_run(run_dir, which="last")
+    assert run.game["n_candidates"] == 4 and run.progress["step"] == 6
+    assert run.sender(torch.rand(2, 3, 16, 16)).shape == (2, 4, 4)
+    with pytest.raises(FileExistsError, match="--resume"):
+        selfplay.main(tiny_args(folder, run_dir))
+
+
+def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path, monkeypatch):
+    selfplay.main(tiny_args(folder, tmp_path / "straight"))
+
+    real_step, calls = selfplay.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):  # SIGTERM arrives during step 2 (mid-epoch 1)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(selfplay, "train_step", step_then_sigterm)
+    selfplay.main(tiny_args(folder, tmp_path / "split"))
+    monkeypatch.setattr(selfplay, "train_step", real_step)
+    stopped = read_checkpoint(tmp_path / "split", which="last")
+    assert stopped["progress"] == {"epoch": 0, "batch": 2, "step": 2}
+    assert not (tmp_path / "split" / "best.pt").exists()  # no validation when interrupted
+
+    selfplay.main(["--resume", str(tmp_path / "split")])
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    a = read_checkpoint(tmp_path / "straight", which="last")["optimizer"]["state"]
+    b = read_checkpoint(tmp_path / "split", which="last")["optimizer"]["state"]
+    assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+
+
+def test_resume_refuses_to_change_what_was_trained(folder, tmp_path):
+    selfplay.main(tiny_args(folder, tmp_path / "run", "--max-steps", "1"))
+    with pytest.raises(ValueError, match=r"\['lr'\] cannot change"):
+        selfplay.main(["--resume", str(tmp_path / "run"), "--lr", "0.5"])
+
+
+def test_config_file_then_flags(tmp_path):
+    toml = tmp_path / "exp.toml"
+    toml.write_text('game = "oo-same"\nlines = 3\nlr = 0.1\nsender-hidden = [8, 8]\n')
+    config, resumed = selfplay.resolve_config(["--config", str(toml), "--lr", "0.2"])
+    assert resumed is None
+    assert (config.game, config.lines, config.lr, config.sender_hidden) == (
+        "oo-same",
+        3,
+        0.2,
+        [8, 8],
+    )
+    assert config.output.startswith("runs/selfplay-oo-same-")
+    js = tmp_path / "exp.json"
+    js.write_text(json.dumps({"loss": "ce", "epochs": 3}))
+    config, _ = selfplay.resolve_config(["--config", str(js), "--epochs", "5"])
+    assert (config.loss, config.epochs) == ("ce", 5)
+    js.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]"):
+        selfplay.resolve_config(["--config", str(js)])
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        selfplay.resolve_config(["--epochs", "0"])
+
+
+def test_signal_handler_sets_a_flag_then_aborts():
+    with selfplay.stop_on_signal() as flag:
+        signal.raise_signal(signal.SIGTERM)
+        assert flag["signal"] == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
