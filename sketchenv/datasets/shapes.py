@@ -19,7 +19,8 @@ import argparse
 import math
 import operator
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -395,6 +396,25 @@ def _render(keys: np.ndarray, shapes: Sequence[Shape], class_ids: np.ndarray, si
     return canvas.clamp_(0, 1)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch single-threaded inside the block.
+
+    Drawing is many small tensor ops; splitting each over threads costs more in
+    synchronisation than it gains, and on a busy machine it is 10-50x slower (measured in
+    benchmarks/datasets.py). Parallelise across items instead (DataLoader workers).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Shapes(Dataset):
     """Procedural images of simple objects, one class per object kind; no download.
 
@@ -465,10 +485,13 @@ class Shapes(Dataset):
         keys = _keys(self.seed, self.split, 0, indices[order])
         shapes = [SHAPES[name] for name in self.classes]  # looked up here: keeps us picklable
         out = torch.empty(len(indices), 3, self.image_size, self.image_size)
-        for start in range(0, len(order), CHUNK):
-            part = order[start : start + CHUNK]
-            drawn = _render(keys[start : start + CHUNK], shapes, class_ids[part], self.image_size)
-            out[torch.from_numpy(part)] = drawn
+        with _one_thread():
+            for start in range(0, len(order), CHUNK):
+                part = order[start : start + CHUNK]
+                drawn = _render(
+                    keys[start : start + CHUNK], shapes, class_ids[part], self.image_size
+                )
+                out[torch.from_numpy(part)] = drawn
         return out
 
     def __repr__(self) -> str:
