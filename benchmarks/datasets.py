@@ -2,7 +2,9 @@
 several sizes) beside decoding real photos through `imagefolder:` (when available).
 
 Each row is the best of `--repeats` timed passes; the last column is the ratio to the
-reference row (`shapes`, batch path, 64 px), so rows compare within one run.
+reference row (`shapes`, batch path, 64 px), so rows compare within one run. `shapes`
+always draws on one thread (see `shapes._one_thread`); `--threads` sets torch's threads
+for everything else.
 
     nice -n 10 python benchmarks/datasets.py [--images 2048] [--threads 1] [--photos PATH]
 """
