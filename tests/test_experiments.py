@@ -176,20 +176,26 @@ def test_list_and_cli_errors(capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
-def test_whole_table_pipeline(tmp_path, folder):
-    """run_table trains, evaluates and writes results.md, results.json and sketches.png."""
+def test_whole_table_pipeline(tmp_path, folder, capsys):
+    """The command trains, evaluates and writes results.md, results.json and sketches.png;
+    run again, it trains and evaluates nothing."""
     pytest.importorskip("train.evaluate")
-    root = experiments.main(
-        ["table1", "--output", str(tmp_path), "--dataset", folder, "--eval-games", "16",
-         "--runs", "original", "oo-different-perceptual"]
-        + [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
-    )  # fmt: skip
+    argv = ["table1", "--output", str(tmp_path), "--dataset", folder, "--runs", "oo-same"]
+    argv += [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    root = experiments.main(argv)
     assert root == tmp_path / "table1"
     text = (root / "results.md").read_text()
-    assert "| original |" in text and "| oo-different-perceptual |" in text
-    assert "| oo-same |" not in text
+    assert text.startswith("## Table 1") and "smoke scale" in text
+    rows = [line for line in text.splitlines() if line.startswith("| oo")]
+    assert len(rows) == 1 and rows[0].startswith("| oo-same | OO same, l_game | oo-same |")
     summary = json.loads((root / "results.json").read_text())
-    for result in (r["results"] for r in summary["runs"].values()):
-        assert 0 <= result["comm_rate"] <= 1 and result["steps"] == 4
+    result = summary["runs"]["oo-same"]["results"]
+    assert 0 <= result["comm_rate"] <= 1 and result["steps"] == 4 and result["chance"] == 0.25
+    assert result["games"] == 16  # one pass over the 16 test images
     with Image.open(root / "sketches.png") as figure:
-        assert figure.height == 3 * 64  # test images + one row per run
+        assert figure.height == 2 * 64  # test images + one row per run
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "oo-same").rglob("*.*")}
+    capsys.readouterr()
+    experiments.main(argv)
+    assert "(finished)" in capsys.readouterr().out
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}

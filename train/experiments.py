@@ -76,8 +76,6 @@ SMOKE: dict[str, Any] = {
     "val_games": 300,
 }
 """Every option ``--scale smoke`` changes; the rest of each run's config is kept."""
-SMOKE_EVAL_GAMES = 1000
-FULL_EVAL_GAMES = None  # the whole test split
 
 
 @dataclasses.dataclass
@@ -226,21 +224,20 @@ def train(config: SelfPlayConfig) -> str:
     return run_status(config)
 
 
-def evaluate(config: SelfPlayConfig, games: int | None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint on the test split with ``train.evaluate`` (cached
-    in the run folder until the checkpoint changes)."""
+def evaluate(config: SelfPlayConfig, games: int | None = None) -> dict[str, Any]:
+    """Evaluate the run's best checkpoint on the test split with ``train.evaluate`` (one
+    pass over the split, or ``games`` random games); reuses the result until the
+    checkpoint changes."""
     from train import evaluate as evaluator
 
     out = Path(config.output)
-    result = out / f"eval-{EVAL_SPLIT}.json"
-    checkpoint = max((out / n for n in ("best.pt", "last.pt")), key=_mtime)
-    if not result.is_file() or _mtime(result) < _mtime(checkpoint):
-        argv = [str(out), "--split", EVAL_SPLIT, "--output", str(out / f"eval-{EVAL_SPLIT}")]
-        if games is not None:
-            argv += ["--games", str(games)]
-        metrics = evaluator.main(argv)
-        write_atomic(result, json.dumps(metrics, indent=2, default=str))
-    return json.loads(result.read_text())
+    folder = out / (f"eval-{EVAL_SPLIT}" + ("" if games is None else f"-{games}games"))
+    metrics = folder / "metrics.json"
+    checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt"
+    if _mtime(metrics) > _mtime(checkpoint):
+        return json.loads(metrics.read_text())
+    argv = [str(out), "--split", EVAL_SPLIT, "--output", str(folder)]
+    return evaluator.main(argv + ([] if games is None else ["--games", str(games)]))
 
 
 def run_table(
@@ -268,8 +265,6 @@ def run_table(
         )
         for run in runs
     }
-    if eval_games is None:
-        eval_games = SMOKE_EVAL_GAMES if scale == "smoke" else FULL_EVAL_GAMES
     rows: dict[str, dict[str, Any]] = {}
     for i, run in enumerate(runs, 1):
         config = configs[run.name]
@@ -310,7 +305,7 @@ def summarise(config: SelfPlayConfig, evaluation: dict[str, Any]) -> dict[str, A
     payload = read_checkpoint(config.output, which="last")
     progress = payload.get("progress", {})
     return {
-        "comm_rate": evaluation.get("comm_rate"),
+        "comm_rate": evaluation.get("comm_rate_mean", evaluation.get("comm_rate")),
         "comm_rate_std": evaluation.get("comm_rate_std"),
         "class_rate": evaluation.get("class_rate"),
         "games": evaluation.get("games"),
@@ -330,17 +325,27 @@ def results_markdown(
     """A Markdown table: one row per run (see :func:`summarise`), the paper's
     communication rate beside ours."""
     first = configs[runs[0].name]
-    lines = [f"## {table.title}", ""]
+    epochs = f"{first.epochs} epoch{'s' if first.epochs != 1 else ''}"
+    backbone = f"backbone `{first.backbone}` ({first.weights or 'default'} weights"
+    backbone += ", frozen)" if first.freeze_backbone else ", trained)"
     if scale == "smoke":
-        lines += [
+        lines = [
+            f"## {table.title}: smoke scale",
+            "",
             f"**Smoke scale** (`--scale smoke`): dataset `{first.dataset}` at "
-            f"{first.image_size} px, a small CNN trained from scratch instead of the "
-            f"pretrained VGG16, {first.epochs} epochs on a CPU. It checks that the pipeline "
-            "works; it does not reproduce the paper (that is `--scale full`).",
+            f"{first.image_size} px, {backbone}, {epochs} on a CPU instead of the paper's "
+            "setting. It checks that the whole pipeline works; it does not reproduce the "
+            "paper's numbers (that is `--scale full`).",
             "",
         ]
     else:
-        lines += [f"Full scale: the paper's settings (dataset `{first.dataset}`).", ""]
+        lines = [
+            f"## {table.title}",
+            "",
+            f"Full scale: dataset `{first.dataset}` at {first.image_size} px, {backbone}, "
+            f"{epochs}.",
+            "",
+        ]
     lines += [
         "| run | setting | game | chance | paper | ours | ours, class rate | trained |",
         "|---|---|---|---|---|---|---|---|",
@@ -386,7 +391,8 @@ def save_sketch_figure(
         rows.append((name, game.render(run.sender(images)).clamp(0, 1)))
     font = ImageFont.load_default()
     label_width = 8 + max(int(font.getlength(label)) for label, _ in rows)
-    figure = Image.new("RGB", (label_width + len(indices) * cell, len(rows) * cell), "white")
+    size = (label_width + len(indices) * cell, len(rows) * cell)
+    figure = Image.new("RGB", size, (225, 225, 225))
     draw = ImageDraw.Draw(figure)
     for r, (label, batch) in enumerate(rows):
         draw.text((4, r * cell + cell // 2), label, fill="black", font=font, anchor="lm")
@@ -483,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a train.selfplay option in every run (e.g. device=cuda:1, epochs=5)",
     )
-    p.add_argument("--eval-games", type=int, help="test games per run [1000 smoke, all full]")
+    p.add_argument(
+        "--eval-games", type=int, help="random test games per run [one pass over the test split]"
+    )
     p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help="config folder")
     return p
 
