@@ -1,6 +1,6 @@
 """Speed and peak memory of sketchenv.raster against a naive dense reference rasteriser.
 
-    nice -n 10 python benchmarks/raster.py            # the table (a few minutes)
+    nice -n 10 python benchmarks/raster.py            # the table (~10 minutes on 2 cores)
     nice -n 10 python benchmarks/raster.py --quick    # smaller, for a smoke test
 
 Each row times one forward+backward, `loss = (render(strokes) * weights).sum()`, of random
@@ -46,11 +46,16 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
 
 
-def worker(implementation: str, sketches: int, strokes: int, size: int, repeats: int) -> dict:
+def worker(
+    implementation: str, sketches: int, strokes: int, size: int, repeats: int, threads: int
+) -> dict:
     """Measure one implementation in this (fresh) process; returns a JSON-able dict."""
     if implementation == "ours-torch":
         os.environ["SKETCHENV_RASTER"] = "torch"
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from sketchenv._raster_reference import naive_render_strokes
     from sketchenv.raster import render_strokes
@@ -91,9 +96,11 @@ def worker(implementation: str, sketches: int, strokes: int, size: int, repeats:
     }
 
 
-def measure(implementation: str, sketches: int, strokes: int, size: int, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--worker", implementation]
-    command += [str(sketches), str(strokes), str(size), "--repeats", str(repeats)]
+def measure(
+    implementation: str, sketches: int, strokes: int, size: int, repeats: int, threads: int
+) -> dict:
+    command = [sys.executable, __file__, "--worker", implementation, str(sketches)]
+    command += [str(strokes), str(size), "--repeats", str(repeats), "--threads", str(threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{implementation} worker failed:\n{result.stderr[-3000:]}")
@@ -102,17 +109,18 @@ def measure(implementation: str, sketches: int, strokes: int, size: int, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--naive-full", action="store_true", help="never shrink the naive run")
     parser.add_argument("--naive-sketches", type=int, default=10, help="naive batch at 224²")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--worker", nargs=4, metavar=("IMPL", "B", "N", "S"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.worker:
         implementation, *sizes = args.worker
-        print(json.dumps(worker(implementation, *map(int, sizes), args.repeats)))
+        print(json.dumps(worker(implementation, *map(int, sizes), args.repeats, args.threads)))
         return
 
     settings = {"quick": (10, 20, 64)} if args.quick else SETTINGS
@@ -125,7 +133,9 @@ def main() -> None:
             run_sketches = sketches
             if implementation == "naive" and name == "large" and not args.naive_full:
                 run_sketches = min(sketches, args.naive_sketches)
-            result = measure(implementation, run_sketches, strokes, size, args.repeats)
+            result = measure(
+                implementation, run_sketches, strokes, size, args.repeats, args.threads
+            )
             scale = sketches / run_sketches
             for key in ("wall_ms", "cpu_ms", "peak_mib"):
                 result[key] *= scale

@@ -23,6 +23,7 @@ Maths (SPEC §2): for pixel `p` and stroke `a -> b`, `t = clamp((p-a)·(b-a) / |
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import numbers
@@ -42,8 +43,9 @@ COMPOSITES = ("softor", "over", "max")
 
 logger = logging.getLogger("sketchenv.raster")
 
-# Dense PyTorch path: at most this many (sketch, stroke, pixel) elements per chunk.
-_CHUNK_ELEMENTS = 1 << 22
+# Dense PyTorch path: at most this many (sketch, stroke, pixel) elements per chunk (about 25
+# temporaries of this size are alive at once).
+_CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 22}
 # Largest |coordinate| accepted: far beyond the canvas, yet far from float overflow in d².
 _MAX_COORDINATE = 1e6
 
@@ -59,7 +61,9 @@ def render_strokes(
 ) -> Tensor:
     """Rasterise strokes `[..., n_strokes, 4]` into greyscale sketches `[..., H, W]` in [0, 1].
 
-    Differentiable with respect to `strokes`; never keeps a sketches × strokes × pixels tensor.
+    Differentiable (once) with respect to `strokes`; never keeps a sketches × strokes × pixels
+    tensor. On CPU a C++ kernel, compiled on first use and cached, does the work when a compiler
+    is present; otherwise, and on GPU, a chunked PyTorch path (see `_use_cpu_kernel`).
     """
     height, width = _check_image_size(image_size)
     _check_strokes(strokes)
@@ -76,17 +80,7 @@ def render_strokes(
     compute_dtype = torch.float64 if strokes.dtype == torch.float64 else torch.float32
     flat = strokes.reshape(math.prod(batch_shape), n_strokes, 4).to(compute_dtype)
     use_kernel = _use_cpu_kernel(flat.device)
-    px = torch.linspace(-1, 1, width, dtype=compute_dtype, device=flat.device)
-    py = torch.linspace(-1, 1, height, dtype=compute_dtype, device=flat.device)
-    spec = (
-        px,
-        py,
-        sigma2,
-        _cutoff_d2(sigma2, kernel, compute_dtype),
-        kernel,
-        "max" if composite == "max" else "softor",  # "over" is soft-or (module docstring)
-        1.0 / MAX_TEMPERATURE,
-    )
+    spec = _spec(height, width, sigma2, kernel, composite, compute_dtype, flat.device)
     out = _Raster.apply(flat.contiguous(), spec, invert, use_kernel)
     return out.reshape(*batch_shape, height, width).to(strokes.dtype)
 
@@ -154,6 +148,28 @@ def _check_sigma2(sigma2: float) -> float:
     return value
 
 
+def _spec(
+    height: int,
+    width: int,
+    sigma2: float,
+    kernel: str,
+    composite: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple:
+    """Everything both paths need besides the strokes: (px, py, σ², cutoff d², kernel,
+    composite, 1 / temperature)."""
+    return (
+        torch.linspace(-1, 1, width, dtype=dtype, device=device),
+        torch.linspace(-1, 1, height, dtype=dtype, device=device),
+        sigma2,
+        _cutoff_d2(sigma2, kernel, dtype),
+        kernel,
+        "max" if composite == "max" else "softor",  # "over" is soft-or (module docstring)
+        1.0 / MAX_TEMPERATURE,
+    )
+
+
 def _cutoff_d2(sigma2: float, kernel: str, dtype: torch.dtype) -> float:
     """Squared distance beyond which a stroke's ink is below a quarter of the dtype's epsilon.
 
@@ -175,19 +191,26 @@ def _log_once(level: int, message: str) -> None:
 
 
 def _use_cpu_kernel(device: torch.device) -> bool:
-    """Whether to run the compiled CPU kernel (else the chunked dense PyTorch path); logs once."""
-    if device.type != "cpu":
+    """Whether to run the compiled CPU kernel (else the chunked dense PyTorch path); logs once.
+
+    The environment variable SKETCHENV_RASTER chooses: "auto" (default) uses the kernel when it
+    builds and passes its self-test, "torch" forces the PyTorch path, "kernel" requires the
+    kernel on CPU (raising if it is unavailable).
+    """
+    choice = os.environ.get("SKETCHENV_RASTER", "auto")
+    if choice not in ("auto", "torch", "kernel"):
+        raise ValueError(f"SKETCHENV_RASTER must be auto, torch or kernel, got {choice!r}")
+    if device.type != "cpu" or choice == "torch":
         _log_once(logging.INFO, f"rasterising on {device.type} with the chunked PyTorch path")
         return False
-    if os.environ.get("SKETCHENV_RASTER", "auto") == "torch":
-        _log_once(logging.INFO, "rasterising on cpu with the chunked PyTorch path (forced)")
-        return False
     library, note = _raster_cpu.load()
-    if library is not None and _kernel_self_test_failure() is None:
+    failure = note if library is None else _kernel_self_test_failure()
+    if failure is None:
         _log_once(logging.INFO, f"rasterising on cpu with the {note}")
         return True
-    reason = note if library is None else _kernel_self_test_failure()
-    _log_once(logging.WARNING, f"{reason}; rasterising on cpu with the slower PyTorch path")
+    if choice == "kernel":
+        raise RuntimeError(f"SKETCHENV_RASTER=kernel but {failure}")
+    _log_once(logging.WARNING, f"{failure}; rasterising on cpu with the slower PyTorch path")
     return False
 
 
@@ -197,45 +220,38 @@ _self_test: list[str | None] = []
 def _kernel_self_test_failure() -> str | None:
     """Compare the compiled kernel with the PyTorch path once per process; None if they agree."""
     if not _self_test:
-        generator = torch.Generator().manual_seed(0)
-        failure = None
-        for dtype in (torch.float32, torch.float64):
-            strokes = torch.rand(3, 5, 4, generator=generator, dtype=dtype) * 2.4 - 1.2
-            strokes[0, 1, 2:] = strokes[0, 1, :2]  # a dot
-            weights = torch.rand(3, 9, 11, generator=generator, dtype=dtype)
-            for kernel in KERNELS:
-                for composite in ("softor", "max"):
-                    px = torch.linspace(-1, 1, 11, dtype=dtype)
-                    py = torch.linspace(-1, 1, 9, dtype=dtype)
-                    spec = (
-                        px,
-                        py,
-                        0.02,
-                        _cutoff_d2(0.02, kernel, dtype),
-                        kernel,
-                        composite,
-                        1 / MAX_TEMPERATURE,
-                    )
-                    results = []
-                    for use_kernel in (True, False):
-                        s = strokes.clone().requires_grad_()
-                        out = _Raster.apply(s, spec, True, use_kernel)
-                        (grad,) = torch.autograd.grad((out * weights).sum(), s)
-                        results.append((out, grad))
-                    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
-                    (out_k, grad_k), (out_t, grad_t) = results
-                    if not (
-                        torch.allclose(out_k, out_t, atol=tolerance, rtol=tolerance)
-                        and torch.allclose(
-                            grad_k, grad_t, atol=tolerance * grad_t.abs().max(), rtol=tolerance
-                        )
-                    ):
-                        failure = (
-                            f"compiled CPU kernel disagrees with PyTorch ({kernel}, "
-                            f"{composite}, {dtype})"
-                        )
-        _self_test.append(failure)
+        _self_test.append(_compare_kernel_with_torch())
     return _self_test[0]
+
+
+def _compare_kernel_with_torch() -> str | None:
+    generator = torch.Generator().manual_seed(0)
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+        strokes = torch.rand(3, 5, 4, generator=generator, dtype=dtype) * 2.4 - 1.2
+        strokes[0, 1, 2:] = strokes[0, 1, :2]  # a dot
+        weights = torch.rand(3, 9, 11, generator=generator, dtype=dtype)
+        for kernel, composite in itertools.product(KERNELS, ("softor", "max")):
+            spec = _spec(9, 11, 0.02, kernel, composite, dtype, strokes.device)
+            (out_k, grad_k), (out_t, grad_t) = (
+                _render_with_grad(strokes, spec, weights, use_kernel)
+                for use_kernel in (True, False)
+            )
+            grad_tolerance = tolerance * float(grad_t.abs().max())
+            if not (
+                torch.allclose(out_k, out_t, rtol=tolerance, atol=tolerance)
+                and torch.allclose(grad_k, grad_t, rtol=tolerance, atol=grad_tolerance)
+            ):
+                return (
+                    f"compiled CPU kernel disagrees with PyTorch ({kernel}, {composite}, {dtype})"
+                )
+    return None
+
+
+def _render_with_grad(strokes: Tensor, spec: tuple, weights: Tensor, use_kernel: bool):
+    leaf = strokes.clone().requires_grad_()
+    out = _Raster.apply(leaf, spec, True, use_kernel)
+    (grad,) = torch.autograd.grad((out * weights).sum(), leaf)
+    return out, grad
 
 
 # --------------------------------------------------------------------------- dense chunked path
@@ -269,9 +285,9 @@ def _ink(d2: Tensor, sigma2: float, kernel: str) -> Tensor:
     return torch.exp(z) if kernel == "exp" else 2 * torch.sigmoid(z)
 
 
-def _chunks(n_sketches: int, n_strokes: int, n_pixels: int):
+def _chunks(n_sketches: int, n_strokes: int, n_pixels: int, device: torch.device):
     """Yield (sketch slice, stroke slice) blocks of at most _CHUNK_ELEMENTS elements."""
-    per_stroke = max(1, _CHUNK_ELEMENTS // max(1, n_pixels))
+    per_stroke = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // max(1, n_pixels))
     stroke_step = min(max(1, n_strokes), per_stroke)
     sketch_step = max(1, per_stroke // stroke_step)
     for b in range(0, n_sketches, sketch_step):
@@ -288,7 +304,7 @@ def _dense_forward(strokes: Tensor, spec: tuple, invert: bool) -> tuple[Tensor, 
     # max: A = Σ exp(r / T), B = Σ r exp(r / T), then the ink B / A.
     acc_a = strokes.new_full(shape, 1.0 if composite == "softor" else float(n_strokes))
     acc_b = strokes.new_zeros(shape)
-    for sk, st in _chunks(n_sketches, n_strokes, px.numel() * py.numel()):
+    for sk, st in _chunks(n_sketches, n_strokes, px.numel() * py.numel(), strokes.device):
         r = _ink(_stroke_geometry(strokes[sk, st], px, py[:, None])[3], sigma2, kernel)
         if composite == "softor":
             factor = 1 - r
@@ -312,7 +328,7 @@ def _dense_backward(
     """Gradient wrt strokes, recomputing each chunk from the per-pixel aggregates."""
     px, py, sigma2, _, kernel, composite, inv_temperature = spec
     grad = torch.zeros_like(strokes)
-    for sk, st in _chunks(*strokes.shape[:2], px.numel() * py.numel()):
+    for sk, st in _chunks(*strokes.shape[:2], px.numel() * py.numel(), strokes.device):
         t, ex, ey, d2 = _stroke_geometry(strokes[sk, st], px, py[:, None])
         r = _ink(d2, sigma2, kernel)
         g = grad_ink[sk, None]

@@ -17,10 +17,9 @@ MODES = [(k, c) for k in KERNELS for c in COMPOSITES]
 @pytest.fixture(params=["kernel", "torch"], autouse=True)
 def backend(request, monkeypatch):
     """Run every test on the compiled CPU kernel and on the chunked PyTorch path."""
-    if request.param == "torch":
-        monkeypatch.setenv("SKETCHENV_RASTER", "torch")
-    elif _raster_cpu.load()[0] is None:
+    if request.param == "kernel" and _raster_cpu.load()[0] is None:
         pytest.skip("compiled CPU kernel unavailable (no C++ compiler)")
+    monkeypatch.setenv("SKETCHENV_RASTER", request.param)  # "kernel" raises if not used
     return request.param
 
 
@@ -221,11 +220,33 @@ def test_bad_input_errors(strokes, kwargs, error, match):
         render_strokes(strokes, kwargs.pop("image_size"), **kwargs)
 
 
-def test_kernel_path_is_used_when_available(backend):
+def test_kernel_path_is_used_when_available(backend, monkeypatch):
     from sketchenv import raster
 
-    uses_kernel = raster._use_cpu_kernel(torch.device("cpu"))
-    assert uses_kernel == (backend == "kernel")
+    monkeypatch.setenv("SKETCHENV_RASTER", "auto")
+    assert raster._use_cpu_kernel(torch.device("cpu")) == (_raster_cpu.load()[0] is not None)
+    monkeypatch.setenv("SKETCHENV_RASTER", "fast")
+    with pytest.raises(ValueError, match="SKETCHENV_RASTER"):
+        render_strokes(torch.zeros(1, 4), 8)
+
+
+def test_same_result_for_any_thread_count(backend):
+    if backend != "kernel":
+        pytest.skip("PyTorch's own reductions may depend on the thread count")
+    strokes = random_strokes(40, 20, seed=9)  # enough work for the kernel to use threads
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            leaf = strokes.clone().requires_grad_()
+            sketch = render_strokes(leaf, 96)
+            (grad,) = torch.autograd.grad(sketch.sum(), leaf)
+            results.append((sketch, grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("sigma2", [1e-4, 0.5, 4.0])
