@@ -26,10 +26,10 @@ class SelfPlayConfig:
     dataset: str = "shapes"
     data_root: str = "./data"
     download: bool = False
-    image_size: int | None = 32
+    image_size: int | None = None  # None: 32 for the small backbone, the dataset's for vgg16
     n_distractors: int | None = None
     lines: int = 20
-    sigma2: float = 5e-4
+    sigma2: float | None = None  # None: 5e-4 * (96 / image_size)^2, the paper's stroke width
     invert: bool = True
     # The agents
     backbone: str = "small"
@@ -48,7 +48,7 @@ class SelfPlayConfig:
     perceptual_coef: float = 0.0
     perceptual_weights: list[float] | None = None
     # Optimisation
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 100
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -70,6 +70,11 @@ class SelfPlayConfig:
 
     def replace(self, **changes: Any) -> SelfPlayConfig:
         return config_from_dict({**self.to_dict(), **changes})
+
+
+def default_sigma2(image_size: int) -> float:
+    """The paper's sigma^2 = 5e-4 at 96 px, scaled so strokes keep its width in pixels."""
+    return 5e-4 * (96 / image_size) ** 2
 
 
 def config_from_dict(values: dict[str, Any]) -> SelfPlayConfig:
@@ -131,7 +136,7 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.image_size is None or c.image_size >= 8, "image_size must be >= 8 (or unset)")
     need(c.n_distractors is None or c.n_distractors >= 1, "n_distractors must be >= 1")
     need(c.lines >= 1, "lines must be >= 1")
-    need(c.sigma2 > 0, "sigma2 must be > 0")
+    need(c.sigma2 is None or c.sigma2 > 0, "sigma2 must be > 0 (or unset)")
     need(c.epochs >= 1, "epochs must be >= 1")
     need(c.batch_size >= 1, "batch_size must be >= 1")
     need(c.lr > 0, "lr must be > 0")

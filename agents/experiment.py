@@ -8,31 +8,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.config import SelfPlayConfig
+from agents.config import SelfPlayConfig, default_sigma2
 from agents.models import Receiver, Sender, build_agents
 from sketchenv.datasets import make_dataset
 from sketchenv.game import SketchGame
+
+SMALL_IMAGE_SIZE = 32  # the small backbone's default: fast on a CPU, enough for shapes
 
 
 def make_game(
     config: SelfPlayConfig, split: str = "train", *, game: str | None = None
 ) -> SketchGame:
     """The config's dataset split wrapped in a :class:`SketchGame` (``game`` overrides the
-    variant, e.g. to evaluate a checkpoint on another game)."""
+    variant, e.g. to evaluate a checkpoint on another game).
+
+    Unset ``image_size``: 32 px for the small backbone, the dataset's own for ``vgg16``.
+    Unset ``sigma2``: :func:`~agents.config.default_sigma2` of the image size.
+    """
+    image_size = config.image_size
+    if image_size is None and config.backbone == "small":
+        image_size = SMALL_IMAGE_SIZE
     dataset = make_dataset(
         config.dataset,
         split,
-        image_size=config.image_size,
+        image_size=image_size,
         root=config.data_root,
         download=config.download,
         seed=config.seed,
     )
+    sigma2 = config.sigma2
+    if sigma2 is None:
+        sigma2 = default_sigma2(image_size or min(dataset[0][0].shape[-2:]))
     return SketchGame(
         dataset,
         game or config.game,
         n_distractors=config.n_distractors,
         n_lines=config.lines,
-        sigma2=config.sigma2,
+        sigma2=sigma2,
         invert=config.invert,
         seed=config.seed,
     )

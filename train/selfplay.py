@@ -38,6 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from agents.backbones import default_weights
 from agents.checkpoint import (
     CheckpointError,
     game_settings,
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--n-distractors", type=int, help="[99 original, classes-1 for OO games]")
     g.add_argument("--lines", type=int, help=f"strokes per sketch [{d.lines}]")
-    g.add_argument("--sigma2", type=float, help=f"stroke width sigma^2, canvas units [{d.sigma2}]")
+    g.add_argument(
+        "--sigma2", type=float, help="stroke width sigma^2 in canvas units [5e-4*(96/size)^2]"
+    )
     g.add_argument("--invert", action=bool_flag, help="black strokes on white [on]")
 
     a = p.add_argument_group("agents")
@@ -238,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # Games: the training split and a fixed set of validation games.
     train_game = make_game(config, "train")
+    height, width = train_game.image_size
+    config = config.replace(  # resolved: the saved config leaves nothing to defaults
+        image_size=height if height == width else config.image_size,
+        sigma2=train_game.sigma2,
+        weights=config.weights or default_weights(config.backbone),
+    )
     val_game = make_game(config, "val")
     blocks_per_batch = max(1, config.batch_size // train_game.n_candidates)
     steps_per_epoch = math.ceil(train_game.blocks_per_epoch / blocks_per_batch)
