@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -256,3 +257,30 @@ def test_thickness_from_thin_to_wider_than_the_canvas(sigma2):
         ours = render_strokes(strokes, (17, 13), sigma2=sigma2, composite=composite)
         naive = naive_render_strokes(strokes, (17, 13), sigma2=sigma2, composite=composite)
         torch.testing.assert_close(ours, naive, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/c++", "false"])
+def test_falls_back_to_pytorch_without_a_working_compiler(
+    backend, compiler, monkeypatch, tmp_path, caplog
+):
+    from sketchenv import raster
+
+    if backend == "torch":
+        pytest.skip("exercises the kernel loader")
+    monkeypatch.setenv("SKETCHENV_RASTER", "auto")
+    monkeypatch.setenv("CXX", compiler)
+    monkeypatch.setenv("SKETCHENV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_raster_cpu, "_library", None)
+    monkeypatch.setattr(_raster_cpu, "_load_error", None)
+    monkeypatch.setattr(raster, "_logged", set())
+    strokes = random_strokes(2, 3, seed=10)
+    with caplog.at_level(logging.INFO, logger="sketchenv.raster"):
+        sketch = render_strokes(strokes, 12)
+        render_strokes(strokes, 12)
+    messages = [r.getMessage() for r in caplog.records if r.name == "sketchenv.raster"]
+    assert len(messages) == 1 and "PyTorch path" in messages[0]
+    assert caplog.records[0].levelno == logging.WARNING
+    torch.testing.assert_close(sketch, naive_render_strokes(strokes, (12, 12)), atol=1e-5, rtol=0)
+    monkeypatch.setenv("SKETCHENV_RASTER", "kernel")
+    with pytest.raises(RuntimeError, match="unavailable"):
+        render_strokes(strokes, 12)
