@@ -71,11 +71,14 @@ SMOKE: dict[str, Any] = {
     "warmup_steps": 50,
     "grad_clip": _TRAINER.grad_clip,
     "amp": _TRAINER.amp,
-    # Budget: about 2 minutes per run on a 2-core CPU (Table 1 in ~15 minutes).
+    # Budget: 2 epochs (~200 steps) per run; Table 1 in ~15 minutes on a busy 2-core CPU.
     "epochs": 2,
     "val_games": 300,
 }
 """Every option ``--scale smoke`` changes; the rest of each run's config is kept."""
+SMOKE_THREADS = 1
+"""torch CPU threads at smoke scale: the small model's ops are too small to split, and on
+a busy 2-core machine one thread ran a training step 3-4x faster than two."""
 
 
 @dataclasses.dataclass
@@ -249,14 +252,22 @@ def run_table(
     overrides: dict[str, Any] | None = None,
     only: Sequence[str] | None = None,
     eval_games: int | None = None,
+    threads: int | None = None,
     root: str | Path = EXPERIMENTS_DIR,
 ) -> Path:
     """Train (or skip/resume) and evaluate a table's runs, then write its results.
 
     Returns the table's output folder. Stops with ``RuntimeError`` when a run ends before
-    its budget (Ctrl-C, SIGTERM): rerunning resumes it.
+    its budget (Ctrl-C, SIGTERM): rerunning resumes it. ``threads`` sets torch's CPU
+    threads for this process (default: :data:`SMOKE_THREADS` at smoke scale, else torch's).
     """
     table = load_table(name, root)
+    if threads is None and scale == "smoke":
+        threads = SMOKE_THREADS
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     runs = _select(table.runs, only)
     folder = Path(output or f"runs/experiments/{scale}") / name
     configs = {
@@ -492,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-games", type=int, help="random test games per run [one pass over the test split]"
     )
+    p.add_argument(
+        "--threads", type=int, help=f"torch CPU threads [{SMOKE_THREADS} smoke, torch's full]"
+    )
     p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help="config folder")
     return p
 
@@ -514,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             overrides=_parse_set(args.set),
             only=args.runs,
             eval_games=args.eval_games,
+            threads=args.threads,
             root=args.experiments,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
