@@ -129,10 +129,10 @@ inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_
   return c0 <= c1;
 }
 
-// Pixels are visited in aligned blocks of kBlock columns, so the inner loops have a fixed
-// length and vectorise with no scalar remainder. Each thread works on a copy of the sketch with
-// rows padded to a multiple of kBlock; the extra pixels a block covers are computed exactly and
-// forward and backward visit the same blocks, so the padding changes nothing but speed.
+// Pixels are visited in runs of whole aligned blocks of kBlock columns, so the inner loops
+// vectorise with no scalar remainder. The aggregate planes have rows padded to a multiple of
+// kBlock (their `stride`); the extra pixels a run covers are computed exactly and forward and
+// backward visit the same runs, so the padding changes nothing but speed.
 constexpr int64_t kBlock = 8;
 
 template <typename T>
@@ -147,7 +147,8 @@ struct Canvas {
       px[c] = c < W ? px_in[c] : px_in[W - 1] + T(c - W + 1) * (px_in[W - 1] - px_in[W - 2]);
   }
 
-  // Calls body(row, first_column, end_column) for the blocks covering the stroke's footprint.
+  // Calls body(row, first_column, end_column) for the run of blocks covering each row of the
+  // stroke's footprint.
   template <typename Body>
   void visit(const T* s, double radius, Body&& body) const {
     const Footprint f = footprint(s, radius, H, W);
@@ -155,14 +156,6 @@ struct Canvas {
       int64_t c0, c1;
       if (columns(f, double(py[row]), W, c0, c1))
         body(row, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock);
-    }
-  }
-
-  // Copies a [H, W] plane into a padded scratch plane, filling the padding with `pad`.
-  void pad(const T* src, T* dst, T fill) const {
-    for (int64_t row = 0; row < H; ++row) {
-      std::copy(src + row * W, src + (row + 1) * W, dst + row * stride);
-      std::fill(dst + row * stride + W, dst + (row + 1) * stride, fill);
     }
   }
 };
@@ -175,58 +168,52 @@ void forward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W,
   const T inv_sigma2 = T(1.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
   const int64_t S = canvas.stride;
-  // soft-or: A = product of the non-zero (1 - r), B = number of zero factors;
-  // max: A = sum of exp(r / T), B = sum of r exp(r / T).
-#pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
-  {
-  std::vector<T> A(H * S), B(H * S);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(threads) if (threads > 1 && batch > 1) schedule(dynamic, 1)
   for (int64_t b = 0; b < batch; ++b) {
-    std::fill(A.begin(), A.end(), COMPOSITE == COMPOSITE_SOFTOR ? T(1) : T(n));
-    std::fill(B.begin(), B.end(), T(0));
+    // soft-or: A = product of the non-zero (1 - r), B = number of zero factors;
+    // max: A = sum of exp(r / T), B = sum of r exp(r / T), then the ink B / A.
+    T* A = acc_a + b * H * S;
+    T* B = acc_b + b * H * S;
+    std::fill(A, A + H * S, COMPOSITE == COMPOSITE_SOFTOR ? T(1) : T(n));
+    std::fill(B, B + H * S, T(0));
     for (int64_t i = 0; i < n; ++i) {
       const T* s = strokes + (b * n + i) * 4;
       const Stroke<T> stroke(s);
       canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
         const T uy = py[row] - stroke.y0;
-        T* a = A.data() + row * S;
-        T* z = B.data() + row * S;
+        T* a = A + row * S;
+        T* z = B + row * S;
         const T* x = canvas.px.data();
-        for (int64_t block = c_begin; block < c_end; block += kBlock) {
 #pragma omp simd
-          for (int64_t c = block; c < block + kBlock; ++c) {
-            T t, ex, ey, r;
-            pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
-            if (COMPOSITE == COMPOSITE_SOFTOR) {
-              const T f = T(1) - r;
-              a[c] *= f == T(0) ? T(1) : f;
-              z[c] += f == T(0) ? T(1) : T(0);
-            } else {
-              const T e = exp_t(r * inv_temperature);
-              a[c] += e - T(1);
-              z[c] += e * r;
-            }
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          T t, ex, ey, r;
+          pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
+          if (COMPOSITE == COMPOSITE_SOFTOR) {
+            const T f = T(1) - r;
+            a[c] *= f == T(0) ? T(1) : f;
+            z[c] += f == T(0) ? T(1) : T(0);
+          } else {
+            const T e = exp_t(r * inv_temperature);
+            a[c] += e - T(1);
+            z[c] += e * r;
           }
         }
       });
     }
-    const int64_t P = H * W;
     for (int64_t row = 0; row < H; ++row) {
+      T* o = out + (b * H + row) * W;
+      T* a = A + row * S;
+      T* z = B + row * S;
       for (int64_t c = 0; c < W; ++c) {
-        const int64_t p = b * P + row * W + c;
-        const T a = A[row * S + c], z = B[row * S + c];
-        acc_a[p] = a;
         if (COMPOSITE == COMPOSITE_SOFTOR) {
-          acc_b[p] = z;
-          const T paper = z > T(0) ? T(0) : a;
-          out[p] = invert ? paper : T(1) - paper;
+          const T paper = z[c] > T(0) ? T(0) : a[c];
+          o[c] = invert ? paper : T(1) - paper;
         } else {
-          acc_b[p] = z / a;  // the ink, kept for backward
-          out[p] = invert ? T(1) - z / a : z / a;
+          z[c] = z[c] / a[c];
+          o[c] = invert ? T(1) - z[c] : z[c];
         }
       }
     }
-  }
   }
 }
 
@@ -238,30 +225,34 @@ void backward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W
   const T inv_sigma2 = T(1.0 / sigma2);
   const T two_over_sigma2 = T(2.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
-  const int64_t S = canvas.stride, P = H * W;
+  const int64_t S = canvas.stride;
 #pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
   {
-  std::vector<T> A(H * S), B(H * S), G(H * S);
+    std::vector<T> padded(S == W ? 0 : H * S);
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) {
-    // Zero gradient in the padding makes its (finite) contributions vanish.
-    canvas.pad(acc_a + b * P, A.data(), T(1));
-    canvas.pad(acc_b + b * P, B.data(), T(0));
-    canvas.pad(grad_ink + b * P, G.data(), T(0));
-    for (int64_t i = 0; i < n; ++i) {
-      const T* s = strokes + (b * n + i) * 4;
-      const Stroke<T> stroke(s);
-      double ax = 0, ay = 0, bx = 0, by = 0;  // per-row partial sums are added in double
-      canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
-        const T uy = py[row] - stroke.y0;
-        const T* g = G.data() + row * S;
-        const T* a = A.data() + row * S;
-        const T* z = B.data() + row * S;
-        const T* x = canvas.px.data();
-        T rax = 0, ray = 0, rbx = 0, rby = 0;
-        for (int64_t block = c_begin; block < c_end; block += kBlock) {
+    for (int64_t b = 0; b < batch; ++b) {
+      // The incoming gradient, zero in the padding: the padding's (finite) terms vanish.
+      const T* G = grad_ink + b * H * W;
+      if (S != W) {
+        for (int64_t row = 0; row < H; ++row) {
+          std::copy(G + row * W, G + (row + 1) * W, padded.data() + row * S);
+          std::fill(padded.data() + row * S + W, padded.data() + (row + 1) * S, T(0));
+        }
+        G = padded.data();
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const T* s = strokes + (b * n + i) * 4;
+        const Stroke<T> stroke(s);
+        double ax = 0, ay = 0, bx = 0, by = 0;  // per-row partial sums are added in double
+        canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
+          const T uy = py[row] - stroke.y0;
+          const T* g = G + row * S;
+          const T* a = acc_a + (b * H + row) * S;
+          const T* z = acc_b + (b * H + row) * S;
+          const T* x = canvas.px.data();
+          T rax = 0, ray = 0, rbx = 0, rby = 0;
 #pragma omp simd reduction(+ : rax, ray, rbx, rby)
-          for (int64_t c = block; c < block + kBlock; ++c) {
+          for (int64_t c = c_begin; c < c_end; ++c) {
             T t, ex, ey, r;
             pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
             T grad_r;
@@ -282,19 +273,18 @@ void backward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W
             rbx += gx * t;
             rby += gy * t;
           }
-        }
-        ax += rax;
-        ay += ray;
-        bx += rbx;
-        by += rby;
-      });
-      T* out = grad + (b * n + i) * 4;
-      out[0] = T(ax);
-      out[1] = T(ay);
-      out[2] = T(bx);
-      out[3] = T(by);
+          ax += rax;
+          ay += ray;
+          bx += rbx;
+          by += rby;
+        });
+        T* out = grad + (b * n + i) * 4;
+        out[0] = T(ax);
+        out[1] = T(ay);
+        out[2] = T(bx);
+        out[3] = T(by);
+      }
     }
-  }
   }
 }
 
@@ -368,6 +358,7 @@ COMPOSITE_CODES = {"softor": 0, "max": 1}
 # Least work per thread, counted as strokes × (H + W) (~1 ms): waking a thread for less costs
 # more than it saves, especially on a busy machine.
 _WORK_PER_THREAD = 1 << 16
+_BLOCK = 8  # kBlock in the C++ source: aggregate rows are padded to a multiple of it
 
 _library: ctypes.CDLL | None = None
 _load_error: str | None = None
@@ -466,9 +457,14 @@ def _call(library: ctypes.CDLL, name: str, strokes: Tensor, spec: tuple, *tail) 
 
 
 def forward(library: ctypes.CDLL, strokes: Tensor, spec: tuple, invert: bool):
-    """Render contiguous CPU strokes [B, n, 4]; returns (sketch, aggregate A, aggregate B)."""
-    shape = (strokes.shape[0], spec[1].numel(), spec[0].numel())
-    out, acc_a, acc_b = (strokes.new_empty(shape) for _ in range(3))
+    """Render contiguous CPU strokes [B, n, 4]; returns (sketch, aggregate A, aggregate B).
+
+    The aggregates are [B, H, W'] with W' the width rounded up to a multiple of 8 (_BLOCK).
+    """
+    batch, height, width = strokes.shape[0], spec[1].numel(), spec[0].numel()
+    out = strokes.new_empty(batch, height, width)
+    stride = -(-width // _BLOCK) * _BLOCK
+    acc_a, acc_b = (strokes.new_empty(batch, height, stride) for _ in range(2))
     _call(library, "raster_forward", strokes, spec, int(invert), out, acc_a, acc_b)
     return out, acc_a, acc_b
 
