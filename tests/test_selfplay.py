@@ -131,3 +131,22 @@ def test_signal_handler_sets_a_flag_then_aborts():
         assert flag["signal"] == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
+
+
+def test_every_agent_and_loss_option_runs(folder, tmp_path):
+    args = tiny_args(folder, tmp_path / "run", "--game", "oo-different", "--n-distractors", "2")
+    args += [
+        "--separate-encoders", "--freeze-backbone", "--loss", "ce", "--score", "dot",
+        "--perceptual-coef", "0.5", "--perceptual-weights", "0", "0", "1", "0", "1",
+        "--lr-schedule", "constant", "--weight-decay", "0.01", "--latent-size", "16",
+        "--sender-hidden", "8", "--receiver-hidden", "8", "8", "--receiver-out", "4",
+        "--no-invert", "--time-budget", "0.001",
+    ]  # fmt: skip
+    metrics = selfplay.main(args)
+    assert 0 <= metrics["comm_rate"] <= 1
+    run = load_run(tmp_path / "run")
+    assert run.config.separate_encoders and run.sender.encoder is not run.receiver.encoder
+    assert run.game["game"] == "oo-different" and run.game["invert"] is False
+    assert run.progress["step"] == 1  # the time budget stopped it after one step
+    with pytest.raises(ValueError, match="needs 5 values"):
+        selfplay.main(tiny_args(folder, tmp_path / "bad", "--perceptual-weights", "1", "1"))

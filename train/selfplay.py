@@ -199,10 +199,13 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 def sketch_grid(batch: GameBatch, outcome: Outcome, n: int = 16) -> torch.Tensor:
-    """Pairs (sender's image, its sketch) for the first ``n`` games, four pairs per row."""
+    """Pairs (sender's image, its sketch) for the first ``n`` games, four pairs per row;
+    small images are enlarged (nearest neighbour) to at least 96 px so strokes show."""
     images = batch.sender_images.flatten(0, 1)[:n].cpu().float()
     sketches = outcome.sketches.flatten(0, 1)[:n].cpu().float()
     pairs = torch.stack([images, sketches], 1).flatten(0, 1)
+    scale = max(1, math.ceil(96 / pairs.shape[-1]))
+    pairs = pairs.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     return make_grid(pairs, nrow=8, padding=2, pad_value=0.5)
 
 
@@ -365,10 +368,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # The training loop.
     print(
         f"run dir {out} | device {device} | {steps_per_epoch} steps/epoch x {config.epochs} epochs"
+        + (f" | resuming at step {step}" if resumed else "")
     )
-    metrics, stop_reason = {}, None
+    metrics = resumed["metrics"] if resumed else {}
     with stop_on_signal() as interrupted:
-        while epoch < config.epochs and stop_reason is None:
+
+        def should_stop(after_step: bool = True) -> str | None:
+            if interrupted["signal"]:
+                return interrupted["signal"]
+            if config.max_steps is not None and step >= config.max_steps:
+                return "max_steps"
+            out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
+            return "time_budget" if after_step and out_of_time else None
+
+        while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             agents.train()
             batches = train_game.epoch(blocks_per_batch, epoch_generator(config.seed, epoch))
             sums = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
@@ -403,18 +416,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         writer.add_scalar(
                             "train/score_scale", receiver.log_scale.exp().item(), step
                         )
-                if interrupted["signal"]:
-                    stop_reason = interrupted["signal"]
-                elif config.max_steps is not None and step >= config.max_steps:
-                    stop_reason = "max_steps"
-                elif config.time_budget and time.monotonic() - start_time > config.time_budget:
-                    stop_reason = "time_budget"
-                if stop_reason:
+                if stop_reason := should_stop():
                     break
             bar.close()
             if batch_start >= steps_per_epoch:
                 epoch, batch_start = epoch + 1, 0
-            if stop_reason and stop_reason not in ("max_steps", "time_budget"):
+            if stop_reason in ("SIGINT", "SIGTERM"):
                 checkpoint("last.pt", metrics)  # interrupted: save at once, no validation
                 print(f"stopped ({stop_reason}) at step {step}; resume with --resume {out}")
                 break
