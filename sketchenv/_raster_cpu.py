@@ -32,6 +32,7 @@ SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -62,7 +63,8 @@ struct Stroke {
   T x0, y0, dx, dy, inv_length2, t_lo, t_hi, dot;
   explicit Stroke(const T* s) : x0(s[0]), y0(s[1]), dx(s[2] - s[0]), dy(s[3] - s[1]) {
     const T length2 = dx * dx + dy * dy;
-    const bool is_dot = !(length2 > 0);
+    // Shorter than ~1e-19 is a dot: 1 / length2 must stay finite.
+    const bool is_dot = !(length2 > std::numeric_limits<T>::min());
     inv_length2 = is_dot ? T(0) : T(1) / length2;
     t_lo = is_dot ? T(0.5) : T(0);  // a dot takes t = 1/2: its gradient is shared by both ends
     t_hi = is_dot ? T(0.5) : T(1);

@@ -268,8 +268,11 @@ def _stroke_geometry(strokes: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, .
     x0, y0, x1, y1 = (c[..., None, None] for c in strokes.unbind(-1))
     dx, dy = x1 - x0, y1 - y0
     length2 = dx * dx + dy * dy
-    dot = (length2 == 0).to(strokes.dtype)  # a dot takes t = 1/2: both ends share its gradient
-    inv_length2 = torch.where(length2 == 0, 0.0, 1 / length2)
+    # Shorter than ~1e-19 is a dot (1 / length2 stays finite); a dot takes t = 1/2, so both
+    # ends share its gradient.
+    is_dot = length2 <= torch.finfo(strokes.dtype).tiny
+    dot = is_dot.to(strokes.dtype)
+    inv_length2 = torch.where(is_dot, 0.0, 1 / length2)
     ux, uy = px - x0, py - y0
     t_raw = (ux * dx + uy * dy) * inv_length2
     t = torch.clamp(t_raw, 0.5 * dot, 1 - 0.5 * dot)

@@ -167,6 +167,15 @@ def test_zero_length_stroke_is_a_dot_with_symmetric_gradient():
     assert grad.abs().sum() > 0
 
 
+def test_vanishingly_short_stroke_is_a_dot():
+    strokes = torch.tensor([[0.0, 0.0, 1e-20, 0.0], [0.5, 0.5, 0.5, 0.5]], requires_grad=True)
+    sketch = render_strokes(strokes, 12)
+    dots = render_strokes(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]]), 12)
+    torch.testing.assert_close(sketch, dots)
+    sketch.sum().backward()
+    assert torch.isfinite(strokes.grad).all()
+
+
 def test_off_canvas_strokes():
     far = torch.tensor([[5.0, 5.0, 6.0, 7.0], [-3.0, 0.0, -3.0, 0.5]], requires_grad=True)
     sketch = render_strokes(far, 16)
