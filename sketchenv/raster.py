@@ -390,8 +390,12 @@ class _Raster(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
+        if torch.is_grad_enabled():  # backward(create_graph=True): its result must not lie
+            raise RuntimeError(
+                "render_strokes has first-order gradients only; double backward "
+                "(create_graph=True, e.g. gradient penalties) is not supported"
+            )
         strokes, acc_a, acc_b = ctx.saved_tensors
         grad_ink = (-grad_out if ctx.invert else grad_out).contiguous()
         if ctx.use_kernel:

@@ -293,3 +293,9 @@ def test_falls_back_to_pytorch_without_a_working_compiler(
     monkeypatch.setenv("SKETCHENV_RASTER", "kernel")
     with pytest.raises(RuntimeError, match="unavailable"):
         render_strokes(strokes, 12)
+
+
+def test_double_backward_is_refused():
+    strokes = random_strokes(1, 2, seed=11).requires_grad_()
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(render_strokes(strokes, 8).sum(), strokes, create_graph=True)
