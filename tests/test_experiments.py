@@ -141,6 +141,10 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, folder):
     # Another config in the same folder is refused, not mixed in.
     with pytest.raises(ValueError, match=r"other settings.*lines"):
         run_status(tiny_config("original", out, folder, lines=5))
+    # Defaults the trainer filled in (sigma2 for 16 px, weights) match only themselves.
+    assert saved["config"]["sigma2"] != 5e-4
+    with pytest.raises(ValueError, match=r"other settings.*sigma2"):
+        run_status(tiny_config("original", out, folder, sigma2=5e-4))
 
 
 def test_results_markdown_rows(tmp_path):

@@ -35,11 +35,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from agents.backbones import default_weights
 from agents.checkpoint import CheckpointError, load_run, read_checkpoint
 from agents.config import (
     RESUMABLE_OVERRIDES,
     SelfPlayConfig,
     config_from_dict,
+    default_sigma2,
     load_config_file,
 )
 from sketchenv.datasets import labels_of
@@ -55,6 +57,7 @@ SMOKE: dict[str, Any] = {
     "dataset": "shapes",
     "download": False,
     "image_size": 32,
+    "sigma2": None,  # train.selfplay's default: the paper's stroke width in pixels
     # Agents: a small CNN from scratch instead of the frozen, pretrained VGG16 (its weights
     # cannot be downloaded everywhere, and it is slow on a CPU). Runs that differ only in
     # pretrained weights (Table 4, CelebA) become identical at this scale.
@@ -177,7 +180,8 @@ def run_status(config: SelfPlayConfig) -> str:
     """``"new"``, ``"interrupted"`` or ``"finished"`` for the run directory of ``config``.
 
     Raises ``ValueError`` when the directory holds a run of another config (other than the
-    options a resume may change), so results never mix two settings.
+    options a resume may change, and the defaults the trainer fills in), so results never
+    mix two settings.
     """
     out = Path(config.output)
     if not (out / "last.pt").is_file():
@@ -186,14 +190,12 @@ def run_status(config: SelfPlayConfig) -> str:
         payload = read_checkpoint(out, which="last")
     except CheckpointError as err:
         raise ValueError(f"{err}; delete {out} to start the run again") from err
-    saved, wanted = payload["config"], config.to_dict()
-    differ = sorted(
+    saved, wanted = payload["config"], _with_defaults(config.to_dict())
+    differ = [
         k
-        for k in wanted
-        if k not in (*RESUMABLE_OVERRIDES, "perceptual_weights") and saved.get(k) != wanted[k]
-    )
-    if wanted["perceptual_weights"] not in (None, saved.get("perceptual_weights")):
-        differ.append("perceptual_weights")
+        for k, v in wanted.items()
+        if k not in RESUMABLE_OVERRIDES and v is not None and saved.get(k) != v
+    ]
     if differ:
         raise ValueError(
             f"{out} holds a run with other settings ({', '.join(differ)} differ); "
@@ -204,6 +206,18 @@ def run_status(config: SelfPlayConfig) -> str:
         config.max_steps is not None and progress.get("step", 0) >= config.max_steps
     )
     return "finished" if done else "interrupted"
+
+
+def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the defaults train.selfplay fills into the config it saves (weights,
+    and sigma2 when the image size is known); defaults that depend on the dataset stay
+    None."""
+    values = dict(values)
+    if values["weights"] is None:
+        values["weights"] = default_weights(values["backbone"])
+    if values["sigma2"] is None and values["image_size"] is not None:
+        values["sigma2"] = default_sigma2(values["image_size"])
+    return values
 
 
 def train(config: SelfPlayConfig) -> str:
