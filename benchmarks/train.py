@@ -1,0 +1,217 @@
+"""Training speed: games per second of one self-play step, and where the time goes.
+
+    nice -n 10 python benchmarks/train.py                  # default and paper configs
+    nice -n 10 python benchmarks/train.py --steps 5 --perceptual --threads 2
+
+Configurations (batch 100 games = one block of 100 candidates, original game, 20 strokes):
+- default: ``python -m train.selfplay`` with no arguments (shapes 32 px, small backbone);
+- paper: VGG16 features up to relu5_3, frozen, 96 px, dot-product scores, Adam lr 1e-4.
+  The weights are random: ImageNet weights cannot be downloaded here, and the time of a
+  step does not depend on their values. 96 px ``shapes`` images stand in for STL-10;
+- paper+perceptual (``--perceptual``): the paper config plus the perceptual loss on all
+  five VGG blocks.
+
+For each, a full ``agents.trainer.train_step`` (forward, backward, optimiser) is timed on
+batches sampled beforehand (median of ``--steps`` after one warm-up). Then each part is
+timed alone on the same shapes: the rasteriser (forward, backward), the backbone passes
+of a step (candidates once, shared with the sender, and the sketches once; forward, then
+backward into the sketches and, when trainable, the weights), the perceptual loss when on,
+and sampling a batch (``shapes`` draws an image the first time it is used). "rest" is the
+step minus the parts inside it: projection, MLPs, scores, loss and the optimiser. Times
+are wall clock and process CPU time (summed over threads; steadier on a busy machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from agents.config import SelfPlayConfig
+from agents.experiment import make_agents, make_game
+from agents.losses import perceptual_loss
+from agents.trainer import train_step
+
+CONFIGS = {
+    "default": SelfPlayConfig(),
+    "paper": SelfPlayConfig(
+        backbone="vgg16",
+        weights="none",
+        image_size=96,
+        freeze_backbone=True,
+        score="dot",
+        lr=1e-4,
+    ),
+}
+CONFIGS["paper+perceptual"] = CONFIGS["paper"].replace(perceptual_coef=1.0)
+PARTS = ("raster fwd", "raster bwd", "backbone fwd", "backbone bwd", "perceptual fwd+bwd")
+
+
+@dataclass
+class Timing:
+    wall: float  # seconds, median
+    cpu: float
+
+
+def clock(fn: Callable[[], object]) -> Timing:
+    """Wall and CPU seconds of one call of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def median(timings: list[Timing]) -> Timing:
+    return Timing(
+        statistics.median(t.wall for t in timings), statistics.median(t.cpu for t in timings)
+    )
+
+
+def measure(fn: Callable[[], object], repeats: int) -> Timing:
+    """Median wall and CPU seconds of ``fn()`` over ``repeats`` calls."""
+    return median([clock(fn) for _ in range(repeats)])
+
+
+def measure_split(forward: Callable[[], torch.Tensor], repeats: int) -> tuple[Timing, Timing]:
+    """Median times of ``forward()`` and of the backward of its (scalar) result."""
+    forwards, backwards, pending = [], [], []
+    for _ in range(repeats):
+        forwards.append(clock(lambda: pending.append(forward())))
+        backwards.append(clock(lambda: pending.pop().backward()))
+    return median(forwards), median(backwards)
+
+
+def benchmark(config: SelfPlayConfig, steps: int) -> dict[str, Timing | int]:
+    """Time a training step of ``config`` and its parts; returns name -> Timing."""
+    torch.manual_seed(0)
+    game = make_game(config, "train")
+    blocks = max(1, config.batch_size // game.n_candidates)
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    data = measure(lambda: batches.append(game.sample(blocks, generator)), steps + 1)
+
+    sender, receiver = make_agents(config, game.image_size, load_weights=False)
+    agents = nn.ModuleDict({"sender": sender, "receiver": receiver}).train()
+    params = [p for p in agents.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    backbone = sender.encoder.backbone
+    n_taps = len(backbone.tap_names)
+    loss_options = {
+        "loss": config.loss,
+        "perceptual_net": backbone,
+        "perceptual_weights": config.perceptual_weights or [1.0] * n_taps,
+        "perceptual_coef": config.perceptual_coef,
+    }
+    queue = iter(batches)
+
+    def step() -> None:
+        train_step(
+            sender, receiver, game, next(queue), optimizer, params=params,
+            grad_clip=config.grad_clip, **loss_options,
+        )  # fmt: skip
+
+    step()  # warm-up: allocations, one-time kernel set-up
+    results: dict[str, Timing | int] = {"games": blocks * game.n_candidates}
+    results["step"] = measure(step, steps)
+    batch = batches[0]
+    n_sketches = batch.targets.numel()
+    candidates = batch.candidates.flatten(0, 1)
+    sketch_grad = torch.rand(*batch.targets.shape, 3, *game.image_size)
+
+    def raster() -> torch.Tensor:
+        strokes = (torch.rand(*batch.targets.shape, game.n_lines, 4) * 2 - 1).requires_grad_()
+        return (game.render(strokes) * sketch_grad).sum()
+
+    def backbone_passes() -> torch.Tensor:
+        sketches = torch.rand(n_sketches, 3, *game.image_size, requires_grad=True)
+        return backbone(candidates).mean() + backbone(sketches).mean()
+
+    results["raster fwd"], results["raster bwd"] = measure_split(raster, steps)
+    results["backbone fwd"], results["backbone bwd"] = measure_split(backbone_passes, steps)
+    if config.perceptual_coef > 0:
+        images = batch.sender_images.flatten(0, 1)
+
+        def perceptual() -> None:
+            sketches = torch.rand(n_sketches, 3, *game.image_size, requires_grad=True)
+            perceptual_loss(
+                backbone, images, sketches, loss_options["perceptual_weights"]
+            ).backward()
+
+        results["perceptual fwd+bwd"] = measure(perceptual, steps)
+    results["data (not in step)"] = data
+    return results
+
+
+def rest(results: dict[str, Timing | int], field: str) -> float:
+    inside = sum(getattr(results[p], field) for p in PARTS if p in results)
+    return getattr(results["step"], field) - inside
+
+
+def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
+    names = list(all_results)
+    first = names[0]
+    rows = ["step", *PARTS, "rest", "data (not in step)"]
+    head = f"{'ms per step (wall | cpu)':<26}" + "".join(f"{n:>30}" for n in names)
+    if len(names) > 1:
+        head += "".join(f"{'x ' + first:>12}" for _ in names[1:])
+    print(head)
+    for row in rows:
+        cells, walls = [], []
+        for name in names:
+            r = all_results[name]
+            if row == "rest":
+                wall, cpu = rest(r, "wall"), rest(r, "cpu")
+            elif row in r:
+                wall, cpu = r[row].wall, r[row].cpu
+            else:
+                cells.append(f"{'-':>30}")
+                walls.append(None)
+                continue
+            share = f"{100 * wall / r['step'].wall:5.1f}%" if row != "step" else "      "
+            cells.append(f"{1000 * wall:>11.1f} | {1000 * cpu:>9.1f}  {share}")
+            walls.append(wall)
+        ratios = [
+            f"{w / walls[0]:>12.1f}" if w is not None and walls[0] else f"{'-':>12}"
+            for w in walls[1:]
+        ]
+        print(f"{row:<26}" + "".join(cells) + "".join(ratios))
+    rates = [r["games"] / r["step"].wall for r in all_results.values()]
+    line = f"{'games/s (step only)':<26}" + "".join(f"{g:>30.1f}" for g in rates)
+    line += "".join(f"{g / rates[0]:>12.3f}" for g in rates[1:])
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["default", "paper"])
+    parser.add_argument("--perceptual", action="store_true", help="add paper+perceptual")
+    parser.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("sketchenv.raster").setLevel(logging.INFO)  # which raster path runs
+    names = args.configs + (["paper+perceptual"] if args.perceptual else [])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps each")
+    all_results = {}
+    for name in dict.fromkeys(names):
+        config = CONFIGS[name]
+        print(
+            f"{name}: {config.backbone} ({config.weights or 'default'} weights, "
+            f"frozen={config.freeze_backbone}), {config.image_size} px, {config.lines} strokes, "
+            f"batch {config.batch_size}, {config.dataset}",
+            flush=True,
+        )
+        all_results[name] = benchmark(config, args.steps)
+    print()
+    print_table(all_results)
+
+
+if __name__ == "__main__":
+    main()
