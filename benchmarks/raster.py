@@ -15,7 +15,9 @@ set during one forward+backward: the kernel's high-water mark (VmHWM) is reset t
 /proc/self/clear_refs just before the call and compared with the resident size (VmRSS) right
 before it, so it counts every byte the call touches (tensors, allocator slack, threads) and not
 memory that merely existed before. Time is the median over repeats after one warm-up, as wall
-clock and as process CPU time (summed over threads; less sensitive to a shared, busy machine).
+clock and as process CPU time (summed over threads). On a shared, busy machine multi-threaded
+runs of every implementation lose time waiting for descheduled threads; `--threads 1` then
+gives the steadier comparison.
 At 100 × 50 × 224² the naive reference needs far more memory than a shared machine should
 give it, so by default it runs on fewer sketches and its figures are scaled linearly (marked
 with *; naive cost is linear in the number of sketches). `--naive-full` measures it in full.
