@@ -150,6 +150,7 @@ def test_interrupted_run_resumes_and_finished_run_is_skipped(tmp_path, folder):
 def test_results_markdown_rows(tmp_path):
     table = load_table("table1")
     configs = {r.name: resolve_config(r, "smoke", tmp_path / r.name) for r in table.runs}
+    full_configs = {r.name: resolve_config(r, "full", tmp_path / r.name) for r in table.runs}
     rows = {
         r.name: {"comm_rate": 0.5 + i / 100, "comm_rate_std": 0.02, "class_rate": 0.75,
                  "chance": 0.01 if r.values["game"] == "original" else 1 / 12,
@@ -164,7 +165,16 @@ def test_results_markdown_rows(tmp_path):
     first = body[1]
     assert "71.8 ± 6.1 %" in first and "50.0 ± 2.0 %" in first and "1.0 %" in first
     assert "200 steps, 2 epochs" in first
-    assert "Smoke" not in results_markdown(table, table.runs, configs, rows, "full")
+    assert "69.57 ± 2.6 %" in body[2]  # the paper's numbers as printed
+    full = results_markdown(table, table.runs, full_configs, rows, "full")
+    assert "Smoke" not in full and "`vgg16` (imagenet weights, frozen)" in full
+    # Run notes of table.toml appear under the table.
+    caltech = load_table("caltech101")
+    configs = {r.name: resolve_config(r, "full", tmp_path / r.name) for r in caltech.runs}
+    text = results_markdown(
+        caltech, caltech.runs, configs, {r.name: {} for r in caltech.runs}, "full"
+    )
+    assert "- original: the ImageNet run of Table 4" in text
 
 
 def test_list_and_cli_errors(capsys):

@@ -22,7 +22,6 @@ CPU-sized budget; :data:`SMOKE` lists every change.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import io
 import json
@@ -74,7 +73,7 @@ SMOKE: dict[str, Any] = {
     "warmup_steps": 50,
     "grad_clip": _TRAINER.grad_clip,
     "amp": _TRAINER.amp,
-    # Budget: 2 epochs (~200 steps) per run; Table 1 in ~15 minutes on a busy 2-core CPU.
+    # Budget: 2 epochs (~200 steps) per run: Table 1 took 13 minutes on a busy 2-core CPU.
     "epochs": 2,
     "val_games": 300,
 }
@@ -351,8 +350,12 @@ def results_markdown(
     communication rate beside ours."""
     first = configs[runs[0].name]
     epochs = f"{first.epochs} epoch{'s' if first.epochs != 1 else ''}"
-    backbone = f"backbone `{first.backbone}` ({first.weights or 'default'} weights"
-    backbone += ", frozen)" if first.freeze_backbone else ", trained)"
+    weights = _with_defaults(first.to_dict())["weights"]
+    backbone = f"backbone `{first.backbone}` (" + (
+        "from scratch)" if weights == "none" else f"{weights} weights"
+    )
+    if weights != "none":
+        backbone += ", frozen)" if first.freeze_backbone else ", fine-tuned)"
     if scale == "smoke":
         lines = [
             f"## {table.title}: smoke scale",
@@ -377,9 +380,9 @@ def results_markdown(
     ]
     for run in runs:
         row = rows[run.name]
-        paper = "n/a" if run.paper is None else f"{run.paper:.1f} %"
+        paper = "n/a" if run.paper is None else f"{run.paper:g} %"
         if run.paper is not None and run.paper_std is not None:
-            paper = f"{run.paper:.1f} ± {run.paper_std:.1f} %"
+            paper = f"{run.paper:g} ± {run.paper_std:g} %"
         lines.append(
             f"| {run.name} | {run.label} | {configs[run.name].game} | "
             f"{_percent(row.get('chance'))} | {paper} | "
@@ -387,8 +390,9 @@ def results_markdown(
             f"{_percent(row.get('class_rate'))} | "
             f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs |"
         )
+    notes = [f"- {run.name}: {run.note}" for run in runs if run.note]
+    lines += ["", *notes, *([""] if notes else [])]
     lines += [
-        "",
         f"Paper: {table.source}. Ours: communication rate on the {EVAL_SPLIT} split "
         "(mean ± std over evaluation batches) of each run's best checkpoint; chance is "
         "1 / candidates.",
@@ -546,8 +550,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             root=args.experiments,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
+        sys.stdout.flush()
         parser.exit(1, f"error: {err}\n")
 
 
