@@ -214,11 +214,9 @@ class AgentPolicy:
             if key in self.settings
         }
         if self.config is not None:
-            options.update(
-                dataset=self.config.dataset,
-                root=self.config.data_root,
-                image_size=self.config.image_size,
-            )
+            options.update(dataset=self.config.dataset, root=self.config.data_root)
+            if self.image_size is not None and self.image_size[0] == self.image_size[1]:
+                options["image_size"] = self.image_size[0]  # as trained, whatever the default
         return options | overrides
 
     # ----- internals ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Training speed: games per second of one self-play step, and where the time goes.
 
     nice -n 10 python benchmarks/train.py                  # default and paper configs
-    nice -n 10 python benchmarks/train.py --steps 5 --perceptual --threads 2
+    nice -n 10 python benchmarks/train.py --steps 5 --perceptual --threads 1 2
 
 Configurations (batch 100 games = one block of 100 candidates, original game, 20 strokes):
 - default: ``python -m train.selfplay`` with no arguments (shapes 32 px, small backbone);
@@ -19,6 +19,7 @@ backward into the sketches and, when trainable, the weights), the perceptual los
 and sampling a batch (``shapes`` draws an image the first time it is used). "rest" is the
 step minus the parts inside it: projection, MLPs, scores, loss and the optimiser. Times
 are wall clock and process CPU time (summed over threads; steadier on a busy machine).
+``--threads 1 2`` repeats each config with those torch thread counts, side by side.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def benchmark(config: SelfPlayConfig, steps: int) -> dict[str, Timing | int]:
     torch.manual_seed(0)
     game = make_game(config, "train")
     blocks = max(1, config.batch_size // game.n_candidates)
+    print(
+        f"{config.backbone} ({config.weights or 'default'} weights, frozen="
+        f"{config.freeze_backbone}), {game.image_size[0]} px {config.dataset}, {game.n_lines} "
+        f"strokes, {game.n_candidates} candidates, {blocks * game.n_candidates} games per step, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     generator = torch.Generator().manual_seed(0)
     batches = []
     data = measure(lambda: batches.append(game.sample(blocks, generator)), steps + 1)
@@ -154,11 +162,10 @@ def rest(results: dict[str, Timing | int], field: str) -> float:
 
 def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
     names = list(all_results)
-    first = names[0]
     rows = ["step", *PARTS, "rest", "data (not in step)"]
-    head = f"{'ms per step (wall | cpu)':<26}" + "".join(f"{n:>30}" for n in names)
-    if len(names) > 1:
-        head += "".join(f"{'x ' + first:>12}" for _ in names[1:])
+    head = f"{'ms per step (wall | cpu)':<26}"
+    head += "".join(f"{f'[{i}] {n}':>30}" for i, n in enumerate(names, 1))
+    head += "".join(f"{f'[{i}]/[1]':>8}" for i in range(2, len(names) + 1))
     print(head)
     for row in rows:
         cells, walls = [], []
@@ -176,13 +183,13 @@ def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
             cells.append(f"{1000 * wall:>11.1f} | {1000 * cpu:>9.1f}  {share}")
             walls.append(wall)
         ratios = [
-            f"{w / walls[0]:>12.1f}" if w is not None and walls[0] else f"{'-':>12}"
+            f"{w / walls[0]:>8.2f}" if w is not None and walls[0] else f"{'-':>8}"
             for w in walls[1:]
         ]
         print(f"{row:<26}" + "".join(cells) + "".join(ratios))
     rates = [r["games"] / r["step"].wall for r in all_results.values()]
     line = f"{'games/s (step only)':<26}" + "".join(f"{g:>30.1f}" for g in rates)
-    line += "".join(f"{g / rates[0]:>12.3f}" for g in rates[1:])
+    line += "".join(f"{g / rates[0]:>8.3f}" for g in rates[1:])
     print(line)
 
 
@@ -191,24 +198,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["default", "paper"])
     parser.add_argument("--perceptual", action="store_true", help="add paper+perceptual")
-    parser.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", help="torch thread counts to compare [torch's default]"
+    )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.basicConfig(format="%(name)s: %(message)s")
     logging.getLogger("sketchenv.raster").setLevel(logging.INFO)  # which raster path runs
     names = args.configs + (["paper+perceptual"] if args.perceptual else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps each")
+    thread_counts = args.threads or [torch.get_num_threads()]
+    print(f"torch {torch.__version__}, {args.steps} steps each")
     all_results = {}
     for name in dict.fromkeys(names):
         config = CONFIGS[name]
-        print(
-            f"{name}: {config.backbone} ({config.weights or 'default'} weights, "
-            f"frozen={config.freeze_backbone}), {config.image_size} px, {config.lines} strokes, "
-            f"batch {config.batch_size}, {config.dataset}",
-            flush=True,
-        )
-        all_results[name] = benchmark(config, args.steps)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            all_results[f"{name}, {threads} thr"] = benchmark(config, args.steps)
     print()
     print_table(all_results)
 

@@ -217,6 +217,9 @@ def test_in_memory_modules_act_like_the_checkpoint_and_keep_their_mode(run_dir):
 def test_env_settings_that_do_not_fit_the_checkpoint_are_refused(run_dir):
     policy = AgentPolicy.from_checkpoint(run_dir)
     options = policy.env_options(split="test")
+    assert options["image_size"] == 16 and options["n_lines"] == 4
+    policy.config = policy.config.replace(image_size=None)  # a run left it to the default
+    assert policy.env_options()["image_size"] == 16  # the size it was trained at
     for change, message in (
         ({"image_size": 24}, "24x24 px, trained on 16x16"),
         ({"n_lines": 5}, "wants 5 strokes"),

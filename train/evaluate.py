@@ -47,31 +47,34 @@ GREEN, RED = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m train.evaluate",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m train.evaluate", description=__doc__.splitlines()[0]
     )
     p.add_argument("run", help="run directory or checkpoint file (its sender, and its receiver)")
     p.add_argument(
-        "--checkpoint", choices=("best", "last"), default="best", help="which one of a run dir"
+        "--checkpoint", choices=("best", "last"), default="best", help="of a run dir [best]"
     )
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="[test]")
     p.add_argument("--game", choices=GAMES, help="game variant [the run's]")
     p.add_argument(
         "--n-distractors",
         type=int,
+        metavar="N",
         help="[the run's for the same kind of game, else the variant's default]",
     )
     count = p.add_mutually_exclusive_group()
-    count.add_argument("--games", type=int, help="random games (whole blocks) [one pass]")
-    count.add_argument("--batches", type=int, help="random batches of games [one pass]")
-    p.add_argument("--batch-size", type=int, help="games per batch [the run's]")
-    p.add_argument("--seed", type=int, default=0, help="picks the games")
-    p.add_argument("--receiver-from", help="run dir or checkpoint whose receiver plays instead")
-    p.add_argument("--output", help="results directory [<run>/eval-<split>-<game>]")
-    p.add_argument("--data-root", help="where the dataset lives [the run's]")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--grid", type=int, default=16, help="games shown in sketches.png")
+    count.add_argument(
+        "--games", type=int, metavar="N", help="random games, whole blocks [one pass]"
+    )
+    count.add_argument("--batches", type=int, metavar="N", help="random batches [one pass]")
+    p.add_argument("--batch-size", type=int, metavar="N", help="games per batch [the run's]")
+    p.add_argument("--seed", type=int, default=0, help="picks the games [0]")
+    p.add_argument(
+        "--receiver-from", metavar="RUN", help="run dir or checkpoint whose receiver plays"
+    )
+    p.add_argument("--output", metavar="DIR", help="results folder [<run>/eval-<split>-<game>]")
+    p.add_argument("--data-root", metavar="DIR", help="where the dataset lives [the run's]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument("--grid", type=int, default=16, metavar="N", help="games in sketches.png [16]")
     return p
 
 
