@@ -113,10 +113,10 @@ class AgentPolicy:
             raise ValueError(f"AgentPolicy acts for sender_* and receiver_* agents, not {agent!r}")
         if getattr(self, role) is None:
             raise ValueError(f"this AgentPolicy has no {role}, so it cannot act for {agent!r}")
-        acting = int(observation.get("phase", 0 if role == "sender" else 1))
+        phase = int(observation.get("phase", 0 if role == "sender" else 1))  # 0 draw, 1 choose
         if role == "sender":
-            return self.draw(observation) if acting == 0 else self._blank_strokes()
-        return self.choose(observation) if acting == 1 else 0
+            return self.draw(observation) if phase == 0 else self._blank_strokes()
+        return self.choose(observation) if phase == 1 else 0
 
     def draw(self, observation: Mapping[str, Any]) -> np.ndarray:
         """Strokes ``float32 [n_lines, 4]`` in [-1, 1] for a sender observation."""

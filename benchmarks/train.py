@@ -17,8 +17,10 @@ timed alone on the same shapes: the rasteriser (forward, backward), the backbone
 of a step (candidates once, shared with the sender, and the sketches once; forward, then
 backward into the sketches and, when trainable, the weights), the perceptual loss when on,
 and sampling a batch (``shapes`` draws an image the first time it is used). "rest" is the
-step minus the parts inside it: projection, MLPs, scores, loss and the optimiser. Times
-are wall clock and process CPU time (summed over threads; steadier on a busy machine).
+step minus the parts inside it: projection, MLPs, scores, loss and the optimiser (parts
+are timed alone, so a rest near zero, even slightly negative, means they are the whole
+step). Times are wall clock and process CPU time (summed over threads; steadier on a busy
+machine, where wall time also counts waiting for a core); shares are of CPU time.
 ``--threads 1 2`` repeats each config with those torch thread counts, side by side.
 """
 
@@ -161,16 +163,16 @@ def rest(results: dict[str, Timing | int], field: str) -> float:
 
 
 def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
+    """Per part: wall ms | CPU ms and the part's share of the step's CPU time; the last
+    columns divide each config's wall time by the first config's."""
     names = list(all_results)
-    rows = ["step", *PARTS, "rest", "data (not in step)"]
-    head = f"{'ms per step (wall | cpu)':<26}"
+    head = f"{'ms per step: wall | cpu':<24}"
     head += "".join(f"{f'[{i}] {n}':>30}" for i, n in enumerate(names, 1))
     head += "".join(f"{f'[{i}]/[1]':>8}" for i in range(2, len(names) + 1))
     print(head)
-    for row in rows:
+    for row in ["step", *PARTS, "rest", "data (not in step)"]:
         cells, walls = [], []
-        for name in names:
-            r = all_results[name]
+        for r in all_results.values():
             if row == "rest":
                 wall, cpu = rest(r, "wall"), rest(r, "cpu")
             elif row in r:
@@ -179,18 +181,18 @@ def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
                 cells.append(f"{'-':>30}")
                 walls.append(None)
                 continue
-            share = f"{100 * wall / r['step'].wall:5.1f}%" if row != "step" else "      "
-            cells.append(f"{1000 * wall:>11.1f} | {1000 * cpu:>9.1f}  {share}")
+            share = f"{100 * cpu / r['step'].cpu:5.1f}%" if row != "step" else ""
+            cells.append(f"{1000 * wall:>10.1f} |{1000 * cpu:>9.1f} {share:>7}")
             walls.append(wall)
         ratios = [
             f"{w / walls[0]:>8.2f}" if w is not None and walls[0] else f"{'-':>8}"
             for w in walls[1:]
         ]
-        print(f"{row:<26}" + "".join(cells) + "".join(ratios))
-    rates = [r["games"] / r["step"].wall for r in all_results.values()]
-    line = f"{'games/s (step only)':<26}" + "".join(f"{g:>30.1f}" for g in rates)
-    line += "".join(f"{g / rates[0]:>8.3f}" for g in rates[1:])
-    print(line)
+        print(f"{row:<24}" + "".join(cells) + "".join(ratios))
+    for label, field in (("games/s (wall)", "wall"), ("games/s (cpu time)", "cpu")):
+        rates = [r["games"] / getattr(r["step"], field) for r in all_results.values()]
+        line = f"{label:<24}" + "".join(f"{g:>30.1f}" for g in rates)
+        print(line + "".join(f"{g / rates[0]:>8.3f}" for g in rates[1:]))
 
 
 def main() -> None:
