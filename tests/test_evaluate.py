@@ -35,6 +35,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "trained": make_tiny_run(root),
         "other": make_tiny_run(root, steps=1, extra=("--seed=1",)),
         "bigger": make_tiny_run(root, steps=1, extra=("--image-size=24", "--lines=5")),
+        "thicker": make_tiny_run(root, steps=1, extra=("--sigma2=1e-2",)),
     }
 
 
@@ -156,6 +157,8 @@ def test_receiver_from_another_run(runs, tmp_path):
     assert (trained / f"eval-test-original-receiver-{other.name}" / "games.jsonl").is_file()
     assert mixed["batch_comm_rates"] != alone["batch_comm_rates"]
 
+    with pytest.warns(UserWarning, match="drawn with .*0.005.* trained on .*0.01"):
+        main([str(trained), "--receiver-from", str(runs["thicker"]), "--games", "4", "--grid", "0"])
     with pytest.raises(
         ValueError, match=r"cannot pair.*image size: \[16, 16\] vs \[24, 24\].*lines: 4 vs 5"
     ):

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----- what plays -----------------------------------------------------------------------------
 def check_pairing(sender_run: Run, receiver_run: Run) -> None:
-    """A receiver reads sketches of one size and stroke count; refuse other pairings."""
+    """A receiver reads sketches of one size, stroke count and polarity: refuse other
+    pairings; warn when the stroke width or rasteriser differs."""
     s, r = sender_run.game, receiver_run.game
     differences = [
         f"{name}: {s[key]} vs {r[key]}"
@@ -93,6 +95,13 @@ def check_pairing(sender_run: Run, receiver_run: Run) -> None:
             f"{receiver_run.path}: their games differ ({'; '.join(differences)}). "
             "A receiver only reads sketches of the size, stroke count and polarity it was "
             "trained on; pair runs trained with the same --image-size, --lines and --invert"
+        )
+    drawn = {k: s.get(k) for k in ("sigma2", "kernel", "composite")}
+    read = {k: r.get(k) for k in drawn}
+    if drawn != read:
+        warnings.warn(
+            f"the sender's sketches are drawn with {drawn}; the receiver was trained on {read}",
+            stacklevel=2,
         )
 
 
