@@ -229,7 +229,9 @@ _self_test: list[str | None] = []
 def _kernel_self_test_failure() -> str | None:
     """Compare the compiled kernel with the PyTorch path once per process; None if they agree."""
     if not _self_test:
-        _self_test.append(_compare_kernel_with_torch())
+        # The caller may be inside no_grad or inference_mode; the comparison needs autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            _self_test.append(_compare_kernel_with_torch())
     return _self_test[0]
 
 
