@@ -188,6 +188,17 @@ def test_list_and_cli_errors(capsys):
     with pytest.raises(SystemExit):
         experiments.main(["table1", "--set", "epochs"])
     assert "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        experiments.main(["table1", "--threads", "0"])
+    assert "threads must be >= 1" in capsys.readouterr().err
+
+
+def test_command_line_overrides():
+    argv = ["table1", "--data-root", "/data", "--download", "--set", "lr=0.01", "--set=x=a b"]
+    args = experiments.build_parser().parse_args(argv)
+    assert experiments._overrides(args) == {
+        "data_root": "/data", "download": True, "lr": 0.01, "x": "a b"
+    }  # fmt: skip
 
 
 def test_whole_table_pipeline(tmp_path, folder, capsys):

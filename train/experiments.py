@@ -486,6 +486,16 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Options for every run from ``--data-root``, ``--download`` and ``--set``."""
+    values: dict[str, Any] = {}
+    if args.data_root is not None:
+        values["data_root"] = args.data_root
+    if args.download:
+        values["download"] = True
+    return values | _parse_set(args.set)
+
+
 def describe_tables(root: str | Path = EXPERIMENTS_DIR) -> str:
     """The ``--list`` text: each table, its runs and the paper's rate."""
     lines = []
@@ -510,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=SCALES, default="smoke", help="[smoke]")
     p.add_argument("--output", help="output root [runs/experiments/<scale>]")
     p.add_argument("--dataset", help="replace every run's dataset (e.g. imagefolder:PATH)")
+    p.add_argument("--data-root", help="where datasets live (every run) [./data]")
+    p.add_argument("--download", action="store_true", help="download missing datasets")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="only these runs of the table")
     p.add_argument(
         "--set",
@@ -543,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             args.scale,
             args.output,
             dataset=args.dataset,
-            overrides=_parse_set(args.set),
+            overrides=_overrides(args),
             only=args.runs,
             eval_games=args.eval_games,
             threads=args.threads,
