@@ -48,7 +48,7 @@ class SelfPlayConfig:
     perceptual_coef: float = 0.0
     perceptual_weights: list[float] | None = None
     # Optimisation
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 100
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -142,7 +142,7 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.lr > 0, "lr must be > 0")
     need(c.weight_decay >= 0, "weight_decay must be >= 0")
     need(c.warmup_steps >= 0, "warmup_steps must be >= 0")
-    need(c.grad_clip is None or c.grad_clip > 0, "grad_clip must be > 0 (or unset to disable)")
+    need(c.grad_clip is None or c.grad_clip >= 0, "grad_clip must be >= 0 (0 or unset: off)")
     need(c.perceptual_coef >= 0, "perceptual_coef must be >= 0")
     need(c.score_scale >= 1, "score_scale must be >= 1")
     need(c.val_games >= 1, "val_games must be >= 1")

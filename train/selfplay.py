@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = SelfPlayConfig()
     p = argparse.ArgumentParser(
         prog="python -m train.selfplay",
-        description=__doc__.splitlines()[0],
+        description=__doc__,
         argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="JSON or TOML file of options (flags override it)")
     p.add_argument("--resume", help="run directory or checkpoint to continue exactly")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=float, help=f"AdamW decoupled decay [{d.weight_decay}]")
     o.add_argument("--lr-schedule", choices=("cosine", "constant"), help=f"[{d.lr_schedule}]")
     o.add_argument("--warmup-steps", type=int, help=f"linear warm-up [{d.warmup_steps}]")
-    o.add_argument("--grad-clip", type=float, help=f"max gradient norm [{d.grad_clip}]")
+    o.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off [{d.grad_clip}]")
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, help=f"[{d.seed}]")
