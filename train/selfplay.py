@@ -368,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # The training loop.
     print(
         f"run dir {out} | device {device} | {steps_per_epoch} steps/epoch x {config.epochs} epochs"
-        + (f" | resuming at step {step}" if resumed else "")
+        + (f" | resuming at step {step}" if resumed else ""),
+        flush=True,
     )
     metrics = resumed["metrics"] if resumed else {}
     with stop_on_signal() as interrupted:
@@ -423,7 +424,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 epoch, batch_start = epoch + 1, 0
             if stop_reason in ("SIGINT", "SIGTERM"):
                 checkpoint("last.pt", metrics)  # interrupted: save at once, no validation
-                print(f"stopped ({stop_reason}) at step {step}; resume with --resume {out}")
+                print(
+                    f"stopped ({stop_reason}) at step {step}; resume with --resume {out}",
+                    flush=True,
+                )
                 break
             train_stats = {k: v / max(1, n_steps) for k, v in sums.items()}
             metrics = validate(train_stats)
@@ -437,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"epoch {epoch}/{config.epochs} step {step}: train comm {train_stats['comm_rate']:.3f}"
                 f" | val comm {metrics['comm_rate']:.3f} class {metrics['class_rate']:.3f}"
                 f" | {time.monotonic() - start_time:.0f}s"
-                + (f" | stopped: {stop_reason}" if stop_reason else "")
+                + (f" | stopped: {stop_reason}" if stop_reason else ""),
+                flush=True,
             )
     writer.close()
     return metrics
