@@ -150,3 +150,11 @@ def test_every_agent_and_loss_option_runs(folder, tmp_path):
     assert run.progress["step"] == 1  # the time budget stopped it after one step
     with pytest.raises(ValueError, match="needs 5 values"):
         selfplay.main(tiny_args(folder, tmp_path / "bad", "--perceptual-weights", "1", "1"))
+
+
+@pytest.mark.slow
+def test_default_run_communicates(tmp_path):
+    """The no-argument run (shapes, original game, 99 distractors) passes 80 % validation
+    communication (chance: 1 %); a few minutes on a 2-core CPU."""
+    metrics = selfplay.main(["--output", str(tmp_path / "run")])
+    assert metrics["comm_rate"] >= 0.8
