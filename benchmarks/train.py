@@ -168,7 +168,7 @@ def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
     names = list(all_results)
     head = f"{'ms per step: wall | cpu':<24}"
     head += "".join(f"{f'[{i}] {n}':>30}" for i, n in enumerate(names, 1))
-    head += "".join(f"{f'[{i}]/[1]':>8}" for i in range(2, len(names) + 1))
+    head += "".join(f"{f'[{i}]/[1]':>9}" for i in range(2, len(names) + 1))
     print(head)
     for row in ["step", *PARTS, "rest", "data (not in step)"]:
         cells, walls = [], []
@@ -184,15 +184,15 @@ def print_table(all_results: dict[str, dict[str, Timing | int]]) -> None:
             share = f"{100 * cpu / r['step'].cpu:5.1f}%" if row != "step" else ""
             cells.append(f"{1000 * wall:>10.1f} |{1000 * cpu:>9.1f} {share:>7}")
             walls.append(wall)
-        ratios = [
-            f"{w / walls[0]:>8.2f}" if w is not None and walls[0] else f"{'-':>8}"
+        ratios = [  # a residual's ratio means nothing
+            f"{w / walls[0]:>9.2f}" if w is not None and walls[0] and row != "rest" else f"{'-':>9}"
             for w in walls[1:]
         ]
         print(f"{row:<24}" + "".join(cells) + "".join(ratios))
     for label, field in (("games/s (wall)", "wall"), ("games/s (cpu time)", "cpu")):
         rates = [r["games"] / getattr(r["step"], field) for r in all_results.values()]
         line = f"{label:<24}" + "".join(f"{g:>30.1f}" for g in rates)
-        print(line + "".join(f"{g / rates[0]:>8.3f}" for g in rates[1:]))
+        print(line + "".join(f"{g / rates[0]:>9.3f}" for g in rates[1:]))
 
 
 def main() -> None:
