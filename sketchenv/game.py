@@ -363,13 +363,11 @@ class SketchGame:
         return torch.arange(self.n_candidates).repeat(n_blocks, 1)
 
     def _batches(self, sender_ids: Tensor, candidate_ids: Tensor, blocks_per_batch: int):
+        same = sender_ids is candidate_ids  # keep the identity: images are then read once
         for start in range(0, len(candidate_ids), blocks_per_batch):
-            stop = start + blocks_per_batch
-            yield self._batch(
-                sender_ids[start:stop],
-                candidate_ids[start:stop],
-                self._all_targets(len(candidate_ids[start:stop])),
-            )
+            candidates = candidate_ids[start : start + blocks_per_batch]
+            senders = candidates if same else sender_ids[start : start + blocks_per_batch]
+            yield self._batch(senders, candidates, self._all_targets(len(candidates)))
 
     def _batch(self, sender_ids: Tensor, candidate_ids: Tensor, targets: Tensor) -> GameBatch:
         candidates = self._float_images(candidate_ids)

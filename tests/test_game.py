@@ -88,6 +88,8 @@ def test_epoch_follows_the_rules_and_covers_the_dataset(name):
     assert sizes == {6: [4, 2], 10: [4, 4, 2]}[game.blocks_per_epoch]
     for batch in batches:
         check_rules(game, batch)
+        # senders that are the candidates share one tensor, so images are read once
+        assert (batch.sender_images is batch.candidates) == (name != "oo-different")
     seen = torch.cat([b.candidate_ids.flatten() for b in batches])
     assert seen.unique().numel() == len(seen) == 60  # every image a candidate (and target) once
 
