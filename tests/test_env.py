@@ -4,7 +4,6 @@ import pickle
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pettingzoo
@@ -18,7 +17,6 @@ import sketchenv
 from sketchenv.env import INFO_KEYS
 from sketchenv.rendering import RIGHT, WRONG, compose_frame
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 VARIANTS = ["original", "oo-same", "oo-different"]
 
 
@@ -354,10 +352,9 @@ def test_defaults_are_the_papers_original_game_on_shapes():
     assert env.observation_space("receiver_0").contains(observations["receiver_0"])
 
 
-@pytest.mark.skipif(not CIFAR.is_dir(), reason="CIFAR-10 subset not present")
-def test_real_photos_through_imagefolder():
+def test_real_photos_through_imagefolder(cifar_subset):
     env = sketchenv.parallel_env(
-        game="oo-different", dataset=f"imagefolder:{CIFAR}", split="val", seed=0
+        game="oo-different", dataset=f"imagefolder:{cifar_subset}", split="val", seed=0
     )
     observations, _ = env.reset()
     assert env.n_candidates == 10

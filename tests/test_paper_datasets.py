@@ -30,8 +30,6 @@ from sketchenv.datasets import (
 )
 from sketchenv.datasets.common import DatasetNotFoundError
 
-CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
-
 
 def ids(dataset) -> set:
     """What identifies an item across splits: its array row or its file."""
@@ -379,9 +377,8 @@ def test_imagefolder_refuses_unlabelled_and_missing_folders(tmp_path):
         imagefolder.load(tmp_path / "missing", "train")
 
 
-@pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="real CIFAR-10 subset not present")
-def test_imagefolder_reads_the_real_cifar10_subset():
-    val = imagefolder.load(CIFAR_SUBSET, "val")
+def test_imagefolder_reads_the_real_cifar10_subset(cifar_subset):
+    val = imagefolder.load(cifar_subset, "val")
     assert len(val.classes) == 10 and val.classes[0] == "airplane"
     assert Counter(val.labels)[3] == len(val) // 10
     image, label = val[len(val) - 1]

@@ -2,7 +2,6 @@
 
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
 
 from sketchenv.datasets import DATASETS, SPLITS, classes_of, labels_of, make_dataset
 from sketchenv.datasets.shapes import Shapes
-
-CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
 
 
 @pytest.fixture
@@ -84,9 +81,8 @@ def test_bad_arguments_raise_clear_errors(recorder):
     assert recorder == []  # refused before any module was asked
 
 
-@pytest.mark.skipif(not CIFAR_SUBSET.is_dir(), reason="CIFAR-10 subset photos not available")
-def test_imagefolder_of_real_photos():
-    val = make_dataset(f"imagefolder:{CIFAR_SUBSET}", "val", image_size=32)
+def test_imagefolder_of_real_photos(cifar_subset):
+    val = make_dataset(f"imagefolder:{cifar_subset}", "val", image_size=32)
     assert len(val) == 1_000 and len(classes_of(val)) == 10
     image, label = val[0]
     assert image.shape == (3, 32, 32) and label == labels_of(val)[0]
