@@ -17,15 +17,7 @@ from agents.checkpoint import CheckpointError, load_run
 from agents.trainer import evaluate as trainer_evaluate
 from train.evaluate import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on single games run fastest on one thread (many times faster when the
-    machine is busy: no waiting for a second thread at every small op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

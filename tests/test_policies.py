@@ -18,6 +18,8 @@ from sketchenv.datasets.shapes import Shapes
 from sketchenv.game import GameBatch
 from train import selfplay
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 CLASSES = ["circle", "square", "triangle", "cross"]
 
 
@@ -58,16 +60,6 @@ def make_tiny_run(root: Path, *, steps: int = 36, extra: tuple[str, ...] = ()) -
         ]
     )
     return run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on single games run fastest on one thread (many times faster when the
-    machine is busy: no waiting for a second thread at every small op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
