@@ -9,12 +9,18 @@ from scratch on a CPU in minutes; the default). Weights for ``vgg16``:
 * ``stylized:PATH_OR_URL`` - a Stylized-ImageNet VGG16 checkpoint (Geirhos et al. 2019;
   the original is ``vgg16_train_60_epochs_lr0.01-6c6fcc9f.pth.tar`` from
   https://github.com/rgeirhos/texture-vs-shape, shared there through a Google Drive folder);
+* a weights file shipped with sketchenv, by name (:mod:`agents.zoo`);
 * any local state-dict file or URL;
 * ``none`` - random initialisation.
 
 Checkpoints may wrap the weights in ``{"state_dict": ...}`` and carry ``module.``
 components from ``DataParallel`` (``module.features.0.weight`` or
 ``features.module.0.weight``); both are handled.
+
+**Weights files** written by ``python -m train.pretrain`` (:func:`save_weights`) also
+record what made them (method, dataset, image size, width, epochs, seed, linear-probe
+accuracy, and the classifier of supervised pretraining). They load like any state dict,
+but only into the backbone, width and image size they were made for.
 """
 
 from __future__ import annotations
@@ -22,19 +28,27 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
+import tempfile
 import urllib.error
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from agents.zoo import resolve_weights, shipped
 
 BACKBONES = ("small", "vgg16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16_TAPS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
 SMALL_TAPS = {"relu1": 0, "relu2": 1, "relu3": 2, "relu4": 3, "relu5": 4}
+NORMALISATIONS = ("centre", "imagenet")
+WEIGHTS_FORMAT = "sketchenv-weights"
+WEIGHTS_VERSION = 1
 
 
 class Backbone(nn.Module):
@@ -42,19 +56,30 @@ class Backbone(nn.Module):
 
     ``forward(images)`` returns the last feature map; ``forward(images, taps=names)`` the
     named activations (the perceptual loss reads them). ``images`` are ``[N, 3, H, W]``
-    in ``[0, 1]``; the backbone normalises them itself (ImageNet statistics for pretrained
-    VGG16 weights, otherwise a plain centring to ``[-1, 1]``).
+    in ``[0, 1]``; the backbone normalises them itself: ``normalisation="imagenet"``
+    (ImageNet statistics, for VGG16 with any weights) or ``"centre"`` (to ``[-1, 1]``).
+    ``weights_info`` holds the record of a weights file it was loaded from, if any.
     """
 
     def __init__(
-        self, name: str, features: nn.Sequential, tap_index: Mapping[str, int], pretrained: bool
+        self,
+        name: str,
+        features: nn.Sequential,
+        tap_index: Mapping[str, int],
+        normalisation: str = "centre",
     ) -> None:
         super().__init__()
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
+            )
         self.name = name
         self.features = features
         self.tap_index = dict(tap_index)
-        self.pretrained = pretrained
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else ((0.5,) * 3, (0.5,) * 3)
+        self.normalisation = normalisation
+        self.weights_info: dict[str, Any] | None = None
+        imagenet = normalisation == "imagenet"
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else ((0.5,) * 3, (0.5,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -123,12 +148,18 @@ def vgg16_features() -> nn.Sequential:
 
 
 def make_backbone(
-    name: str = "small", weights: str | None = None, *, width: int = 32, load: bool = True
+    name: str = "small",
+    weights: str | None = None,
+    *,
+    width: int = 32,
+    image_size: int | Sequence[int] | None = None,
+    load: bool = True,
 ) -> Backbone:
     """Build a backbone by name and load ``weights`` (see the module docstring).
 
     ``weights=None`` means the backbone's default: ``imagenet`` for ``vgg16``, ``none``
     for ``small``. ``width`` is the first layer's channel count of ``small``.
+    ``image_size`` (when given) must match the image size a weights file was made for.
     ``load=False`` sets the backbone up for ``weights`` (its input normalisation) without
     reading them, for when a checkpoint will supply every weight.
     """
@@ -144,21 +175,58 @@ def make_backbone(
             raise ValueError(f"weights {weights!r} exist only for --backbone vgg16")
         features = small_features(width)
         taps = SMALL_TAPS
-    # Only VGG16 weights come from ImageNet-normalised training; our small CNN always
-    # sees images centred to [-1, 1], so its own saved weights load consistently.
-    backbone = Backbone(name, features, taps, pretrained=name == "vgg16" and weights != "none")
+    # VGG16 weights (ImageNet's, and ours: train.pretrain uses the same statistics) see
+    # ImageNet-normalised images; the small CNN always sees images centred to [-1, 1].
+    normalisation = "imagenet" if name == "vgg16" and weights != "none" else "centre"
+    backbone = Backbone(name, features, taps, normalisation)
     if load and weights != "none":
-        load_backbone_weights(backbone, read_weights(weights))
+        state, info = read_weights(weights)
+        if info is not None:
+            check_weights_fit(info, backbone, width, image_size, weights)
+            backbone.weights_info = info
+        load_backbone_weights(backbone, state)
     return backbone
 
 
-def default_weights(backbone: str) -> str:
-    """``imagenet`` for ``vgg16`` (as in the paper), ``none`` (train from scratch) otherwise."""
-    return "imagenet" if backbone == "vgg16" else "none"
+def default_weights(
+    backbone: str,
+    dataset: str | None = None,
+    image_size: int | Sequence[int] | None = None,
+    width: int = 32,
+) -> str:
+    """``imagenet`` for ``vgg16`` (as in the paper). For ``small``: the visual system
+    shipped for ``dataset`` at ``image_size`` and ``width`` (``<dataset>-supervised-<size>``,
+    see :mod:`agents.zoo`) when there is one, otherwise ``none`` (train from scratch)."""
+    if backbone == "vgg16":
+        return "imagenet"
+    if dataset is None or image_size is None:
+        return "none"
+    height, side = _pair(image_size)
+    name = f"{dataset}-supervised-{height}"
+    if height != side or name not in shipped():
+        return "none"
+    _, info = read_weights(name)
+    return name if info is not None and info.get("width") == width else "none"
 
 
-def read_weights(spec: str) -> dict[str, Tensor]:
-    """Read a state dict for ``spec``: ``imagenet``, ``stylized:PATH_OR_URL``, a file or URL."""
+def read_weights(spec: str) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The state dict for ``spec`` (``imagenet``, ``stylized:PATH_OR_URL``, a file or URL),
+    and the record of a sketchenv weights file (None for other state dicts): what made it,
+    and under ``classifier`` the linear classifier's state dict (or None)."""
+    state = read_state_dict(spec)
+    if state.get("format") != WEIGHTS_FORMAT:
+        return state, None
+    if state.get("version") != WEIGHTS_VERSION:
+        raise ValueError(
+            f"weights file {spec!r} has version {state.get('version')}; this sketchenv reads "
+            f"version {WEIGHTS_VERSION}: re-make it with python -m train.pretrain"
+        )
+    info = {k: v for k, v in state.items() if k != "features"}  # classifier included
+    return state["features"], info
+
+
+def read_state_dict(spec: str) -> dict[str, Any]:
+    """Read the dict stored for ``spec``: ``imagenet``, ``stylized:PATH_OR_URL``, a file or URL."""
     if spec == "imagenet":
         weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
         try:
@@ -179,16 +247,124 @@ def read_weights(spec: str) -> dict[str, Tensor]:
     if spec.startswith("stylized:"):
         spec = spec.removeprefix("stylized:")
     if spec.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(spec, map_location="cpu", progress=True)
-    if not os.path.isfile(spec):
+        return torch.hub.load_state_dict_from_url(
+            spec, map_location="cpu", progress=True, weights_only=True
+        )
+    path = resolve_weights(spec)
+    if path is None:
         raise FileNotFoundError(
             f"weights file {spec!r} not found; --weights takes imagenet, stylized:PATH_OR_URL, "
-            "none, or a state-dict file or URL"
+            f"none, a shipped name ({', '.join(shipped()) or 'none shipped'}), or a "
+            "state-dict file or URL"
         )
     try:
-        return torch.load(spec, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"weights file {spec!r} holds Python objects other than tensors and plain data, "
+            "which sketchenv does not load (they could run code); save a plain state dict "
+            "(torch.save(model.state_dict(), path))"
+        ) from err
     except Exception as err:
-        raise ValueError(f"could not read weights file {spec!r}: {err}") from err
+        raise ValueError(
+            f"could not read weights file {spec!r} (corrupt, truncated or not a torch "
+            f"file?): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights file {spec!r} holds a {type(state).__name__}, not a state dict")
+    return dict(state)
+
+
+def save_weights(
+    path: str | Path,
+    backbone: Backbone,
+    info: Mapping[str, Any],
+    classifier: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Write ``backbone``'s weights with ``info`` (what made them: method, dataset,
+    image_size, width, epochs, seed, probe, ...) as a weights file, atomically."""
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "version": WEIGHTS_VERSION,
+        "backbone": backbone.name,
+        "normalisation": backbone.normalisation,
+        **info,
+        "features": {k: v.detach().cpu() for k, v in backbone.features.state_dict().items()},
+        "classifier": None if classifier is None else {k: v.cpu() for k, v in classifier.items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_classifier(
+    path: str, image_size: int | Sequence[int] | None = None
+) -> tuple[Backbone, nn.Linear, dict[str, Any]]:
+    """The backbone and linear classifier of a supervised weights file, and its record."""
+    _, info = read_weights(path)
+    if info is None:
+        raise ValueError(f"{path} is not a weights file of python -m train.pretrain")
+    classifier = info.get("classifier")
+    if not classifier:
+        raise ValueError(
+            f"{path} holds no classifier (made by --method {info.get('method')}); "
+            "a recogniser needs weights from python -m train.pretrain --method supervised"
+        )
+    width = info.get("width") or 32
+    backbone = make_backbone(info["backbone"], path, width=width, image_size=image_size)
+    linear = nn.Linear(classifier["weight"].shape[1], classifier["weight"].shape[0])
+    linear.load_state_dict(classifier)
+    return backbone, linear, info
+
+
+def check_weights_fit(
+    info: Mapping[str, Any],
+    backbone: Backbone,
+    width: int,
+    image_size: int | Sequence[int] | None,
+    spec: str,
+) -> None:
+    """Refuse a weights file made for another backbone, width, image size or normalisation."""
+    wanted = {"backbone": backbone.name, "normalisation": backbone.normalisation}
+    if backbone.name == "small":
+        wanted["width"] = width
+    if image_size is not None:
+        wanted["image_size"] = list(_pair(image_size))
+    found = {k: info.get(k) for k in wanted}
+    if found != wanted:
+        differences = ", ".join(
+            f"{k} {found[k]} (here {wanted[k]})" for k in wanted if found[k] != wanted[k]
+        )
+        raise ValueError(
+            f"weights file {spec!r} was made for {differences}: pass the matching "
+            "--backbone / --backbone-width / --image-size, or make weights for this setting "
+            "with python -m train.pretrain"
+        )
+
+
+def describe_weights(info: Mapping[str, Any]) -> str:
+    """One line on what made a weights file, for logs."""
+    probe = info.get("probe") or {}
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in probe.items() if isinstance(v, float))
+    return (
+        f"{info.get('method')} on {info.get('dataset')} at {info.get('image_size')} px, "
+        f"{info.get('backbone')} width {info.get('width')}, {info.get('epochs')} epochs, "
+        f"seed {info.get('seed')}" + (f" (validation {scores})" if scores else "")
+    )
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
 
 
 def load_backbone_weights(backbone: Backbone, state: Mapping[str, Tensor]) -> None:

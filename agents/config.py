@@ -33,9 +33,9 @@ class SelfPlayConfig:
     invert: bool = True
     # The agents
     backbone: str = "small"
-    weights: str | None = None
+    weights: str | None = None  # None: see agents.backbones.default_weights
     backbone_width: int = 32
-    freeze_backbone: bool = False
+    freeze_backbone: bool | None = None  # None: frozen when the weights are pretrained
     separate_encoders: bool = False
     latent_size: int = 64
     sender_hidden: list[int] = field(default_factory=lambda: [64, 256])
@@ -46,6 +46,7 @@ class SelfPlayConfig:
     # The losses
     loss: str = "hinge"
     perceptual_coef: float = 0.0
+    perceptual_net: str = "agents"
     perceptual_weights: list[float] | None = None
     # Optimisation
     epochs: int = 6
@@ -144,6 +145,7 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.warmup_steps >= 0, "warmup_steps must be >= 0")
     need(c.grad_clip is None or c.grad_clip >= 0, "grad_clip must be >= 0 (0 or unset: off)")
     need(c.perceptual_coef >= 0, "perceptual_coef must be >= 0")
+    need(bool(c.perceptual_net), "perceptual_net must name a network (agents, edges, ...)")
     need(c.score_scale >= 1, "score_scale must be >= 1")
     need(c.val_games >= 1, "val_games must be >= 1")
     need(c.max_steps is None or c.max_steps >= 1, "max_steps must be >= 1 (or unset)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agents.backbones import default_weights
 from agents.config import SelfPlayConfig, default_sigma2
 from agents.models import Receiver, Sender, build_agents
 from sketchenv.datasets import make_dataset
@@ -50,6 +51,24 @@ def make_game(
     )
 
 
+def fill_defaults(config: SelfPlayConfig, game: SketchGame) -> SelfPlayConfig:
+    """``config`` with every default that depends on the data filled in, as saved with a
+    run: the image size and stroke width of ``game``, the backbone's weights (the shipped
+    visual system for this dataset and size, if any) and whether they are frozen
+    (pretrained weights are; a backbone trained from scratch is not)."""
+    height, width = game.image_size
+    weights = config.weights or default_weights(
+        config.backbone, config.dataset, game.image_size, config.backbone_width
+    )
+    freeze = config.freeze_backbone
+    return config.replace(
+        image_size=height if height == width else config.image_size,
+        sigma2=game.sigma2,
+        weights=weights,
+        freeze_backbone=weights != "none" if freeze is None else freeze,
+    )
+
+
 def make_agents(
     config: SelfPlayConfig, image_size: Sequence[int], *, load_weights: bool = True
 ) -> tuple[Sender, Receiver]:
@@ -64,7 +83,7 @@ def make_agents(
         backbone=config.backbone,
         weights=config.weights,
         backbone_width=config.backbone_width,
-        freeze_backbone=config.freeze_backbone,
+        freeze_backbone=bool(config.freeze_backbone),
         separate_encoders=config.separate_encoders,
         latent_size=config.latent_size,
         sender_hidden=config.sender_hidden,

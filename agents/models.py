@@ -138,7 +138,9 @@ def build_agents(
     """
 
     def encoder() -> Encoder:
-        net = make_backbone(backbone, weights, width=backbone_width, load=load_weights)
+        net = make_backbone(
+            backbone, weights, width=backbone_width, image_size=image_size, load=load_weights
+        )
         if freeze_backbone:
             net.requires_grad_(False)
         return Encoder(net, image_size, latent_size)

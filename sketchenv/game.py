@@ -12,10 +12,10 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from sketchenv.datasets.cache import ImageCache, describe
 from sketchenv.raster import COMPOSITES, KERNELS, render_strokes, to_rgb
 
 GAMES = ("original", "oo-same", "oo-different")
@@ -111,8 +111,6 @@ class SketchGame:
                 f"dataset must be a torch Dataset of (image, label), got {type(dataset).__name__}; "
                 "build one by name with sketchenv.datasets.make_dataset(...)"
             )
-        if len(dataset) == 0:
-            raise ValueError("dataset is empty")
 
         self.dataset = dataset
         self.game = game
@@ -124,12 +122,10 @@ class SketchGame:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.generator = torch.Generator().manual_seed(seed)
 
-        first = _to_uint8(dataset[0][0], 0)
-        self.image_size: tuple[int, int] = (first.shape[1], first.shape[2])
+        self.cache = ImageCache(dataset, cache_bytes)
+        self.image_size = self.cache.image_size
+        self.labels = self.cache.labels
         n_items = len(dataset)
-        self._use_cache = n_items * first.numel() <= cache_bytes
-        self._reset_cache()
-        self.labels = self._read_labels()
         classes = getattr(dataset, "classes", None)
         self.n_classes = len(classes) if classes is not None else int(self.labels.max()) + 1
         if self.labels.min() < 0 or self.labels.max() >= self.n_classes:
@@ -153,10 +149,7 @@ class SketchGame:
 
     def preload(self, chunk: int = 1024) -> bool:
         """Read every image into memory now; False (and nothing read) when over `cache_bytes`."""
-        if self._use_cache:
-            for start in range(0, len(self.labels), chunk):
-                self._images(torch.arange(start, min(start + chunk, len(self.labels))))
-        return self._use_cache
+        return self.cache.preload(chunk)
 
     # ----- sampling -------------------------------------------------------------------------
     def sample(self, n_blocks: int, generator: torch.Generator | None = None) -> GameBatch:
@@ -218,7 +211,7 @@ class SketchGame:
     def render(self, strokes: Tensor) -> Tensor:
         """Strokes `[..., n_lines, 4]` in [-1, 1] -> RGB sketches `[..., 3, H, W]`, differentiably."""
         if not isinstance(strokes, Tensor) or not strokes.is_floating_point():
-            raise TypeError(f"strokes must be a floating-point tensor, got {_describe(strokes)}")
+            raise TypeError(f"strokes must be a floating-point tensor, got {describe(strokes)}")
         if strokes.dim() < 2 or tuple(strokes.shape[-2:]) != (self.n_lines, 4):
             raise ValueError(
                 f"strokes must have shape [..., {self.n_lines}, 4] (n_lines strokes of x0, y0, x1, y1), "
@@ -243,7 +236,7 @@ class SketchGame:
         ):
             raise ValueError(
                 f"scores must be a tensor [..., {self.n_candidates}] (one per candidate), "
-                f"got {_describe(scores)}"
+                f"got {describe(scores)}"
             )
         return scores.argmax(dim=-1)
 
@@ -255,7 +248,7 @@ class SketchGame:
             or choices.dtype == torch.bool
         ):
             raise TypeError(
-                f"choices must be an integer tensor of candidate indices, got {_describe(choices)}"
+                f"choices must be an integer tensor of candidate indices, got {describe(choices)}"
             )
         if choices.shape != batch.targets.shape:
             raise ValueError(
@@ -386,113 +379,8 @@ class SketchGame:
         )
 
     def _float_images(self, ids: Tensor) -> Tensor:
-        images = self._images(ids).float().div_(255)
+        images = self.cache.images(ids).float().div_(255)
         return images.pin_memory() if self.pin_memory else images
-
-    def _images(self, ids: Tensor) -> Tensor:
-        """uint8 images `[*ids.shape, 3, H, W]`, read through the cache when it is enabled."""
-        flat = ids.flatten()
-        if not self._use_cache:
-            images = self._load(flat)
-        else:
-            missing = flat[~self._cached[flat]].unique()
-            if len(missing):
-                self._cache[missing] = self._load(missing)
-                self._cached[missing] = True
-            images = self._cache[flat]
-        return images.view(*ids.shape, 3, *self.image_size)
-
-    def _load(self, ids: Tensor) -> Tensor:
-        """uint8 images of items `ids`, in one call when the dataset has `images(indices)`."""
-        read_many = getattr(self.dataset, "images", None)
-        if not callable(read_many):
-            return torch.stack([self._load_item(int(i))[0] for i in ids])
-        images = read_many(ids)
-        expected = (len(ids), 3, *self.image_size)
-        if not isinstance(images, Tensor) or tuple(images.shape) != expected:
-            raise ValueError(
-                f"dataset.images(indices) must return a tensor of shape {list(expected)}, "
-                f"got {_describe(images)}"
-            )
-        return _quantise(images, "dataset.images(...)")
-
-    def _load_item(self, index: int) -> tuple[Tensor, int]:
-        image, label = self.dataset[index]
-        image = _to_uint8(image, index)
-        if tuple(image.shape[1:]) != self.image_size:
-            raise ValueError(
-                f"all dataset images must have one size; item 0 is {self.image_size}, item {index} "
-                f"is {tuple(image.shape[1:])}: resize them in the dataset (e.g. image_size=...)"
-            )
-        return image, int(label)
-
-    def _read_labels(self) -> Tensor:
-        labels = getattr(self.dataset, "labels", None)
-        if labels is None:
-            labels = getattr(self.dataset, "targets", None)
-        if labels is None:  # read every item once, keeping the images when they are cached
-            items = [self._load_item(i) for i in range(len(self.dataset))]
-            if self._use_cache:
-                self._cache[:] = torch.stack([image for image, _ in items])
-                self._cached[:] = True
-            labels = [label for _, label in items]
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).flatten()
-        if len(labels) != len(self.dataset):
-            raise ValueError(
-                f"dataset.labels has {len(labels)} entries for {len(self.dataset)} items"
-            )
-        return labels
-
-    def _reset_cache(self) -> None:
-        n_items = len(self.dataset)
-        shape = (n_items, 3, *self.image_size) if self._use_cache else (0, 3, *self.image_size)
-        self._cache = torch.empty(shape, dtype=torch.uint8)
-        self._cached = torch.zeros(n_items if self._use_cache else 0, dtype=torch.bool)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["_cache"], state["_cached"]  # cheap to refill, possibly gigabytes to pickle
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset_cache()
-
-
-def _to_uint8(image, index: int) -> Tensor:
-    """A dataset image (float tensor in [0, 1], uint8 tensor or PIL image) as uint8 [3, H, W]."""
-    if not isinstance(image, Tensor):
-        from PIL import Image
-
-        if not isinstance(image, Image.Image):
-            raise TypeError(
-                f"dataset item {index}: the image must be a tensor [3, H, W] or a PIL image, "
-                f"got {type(image).__name__} (add transforms.ToTensor() to the dataset)"
-            )
-        image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-    if image.dim() == 2:
-        image = image[None]
-    if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(
-            f"dataset item {index}: the image must be [3, H, W] (or [1, H, W] / [H, W] grey), "
-            f"got shape {list(image.shape)}"
-        )
-    return _quantise(image.expand(3, -1, -1), f"dataset item {index}")
-
-
-def _quantise(images: Tensor, where: str) -> Tensor:
-    """Float images in [0, 1] (or uint8) -> uint8, rounding to the nearest of 256 levels."""
-    if images.dtype == torch.uint8:
-        return images.contiguous()
-    if not images.is_floating_point():
-        raise TypeError(f"{where}: images must be float in [0, 1] or uint8, got {images.dtype}")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-3 or high > 1 + 1e-3 or math.isnan(low + high):
-        raise ValueError(
-            f"{where}: float images must lie in [0, 1], found [{low:.3g}, {high:.3g}]; "
-            "remove any Normalize transform (backbones normalise themselves)"
-        )
-    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
@@ -503,9 +391,3 @@ def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f"tensor of shape {list(value.shape)} and dtype {value.dtype}"
-    return type(value).__name__

@@ -103,9 +103,9 @@ def test_backbone_taps_and_normalisation():
     assert torch.equal(small(x), small(x, taps=["relu5"])[0])
     with pytest.raises(ValueError, match="unknown or no taps"):
         small(x, taps=["relu9"])
-    assert not small.pretrained
+    assert small.normalisation == "centre"
     vgg = make_backbone("vgg16", "none")
-    assert vgg.tap_names == tuple(VGG16_TAPS) and not vgg.pretrained
+    assert vgg.tap_names == tuple(VGG16_TAPS) and vgg.normalisation == "centre"
     assert vgg.output_shape((32, 32)) == (512, 2, 2)
     with pytest.raises(ValueError, match="only for --backbone vgg16"):
         make_backbone("small", "imagenet")
@@ -126,7 +126,7 @@ def test_vgg16_state_dict_with_module_prefixes_loads(tmp_path, vgg_features_stat
     torch.save(sin, tmp_path / "sin.pth.tar")
     for spec in (str(tmp_path / "dataparallel.pth"), f"stylized:{tmp_path / 'sin.pth.tar'}"):
         backbone = make_backbone("vgg16", spec)
-        assert backbone.pretrained  # ImageNet normalisation
+        assert backbone.normalisation == "imagenet"
         for key, value in backbone.features.state_dict().items():
             assert torch.equal(value, vgg_features_state[key]), key
 

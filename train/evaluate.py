@@ -10,11 +10,18 @@ plays the same games. Written atomically to ``--output`` (default
 ``<run>/eval-<split>-<game>/``):
 
 * ``metrics.json``  communication rate (pooled, and mean +- std over batches), class
-  communication rate, chance, loss, per-class rates (by the target's class), settings;
+  communication rate, chance, loss, per-class rates (by the target's class), settings,
+  and the sketches' *recognisability* (below);
 * ``games.jsonl``   one record per game: candidate ids (dataset indices), target, choice,
   correct, class_correct, the sender's image id and class names;
 * ``sketches.png``  the first games: the sender's image, its sketch and the receiver's
   pick, framed green when the pick is right and red when it is wrong.
+
+Recognisability is the accuracy with which an independent classifier (``--recogniser``:
+a supervised weights file of ``python -m train.pretrain``, trained on the dataset's real
+training images, never used to train the agents) names the class of the image each
+sketch was drawn from; its chance level is one over the number of classes. By default a
+shipped recogniser is used when one fits the run's dataset and image size.
 """
 
 from __future__ import annotations
@@ -35,13 +42,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from agents.backbones import describe_weights
 from agents.checkpoint import CheckpointError, Run, load_run
 from agents.config import GAMES
 from agents.experiment import make_game
 from agents.losses import game_loss
+from agents.recognise import Recogniser, check_independent
+from agents.runs import write_atomic
 from agents.trainer import autocast, play, select_device
+from agents.zoo import shipped
 from sketchenv.game import GameBatch, SketchGame
-from train.selfplay import validation_batches, write_atomic
+from train.selfplay import validation_batches
 
 GREEN, RED = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
 
@@ -76,7 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", help="where the dataset lives [the run's]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--grid", type=int, default=16, metavar="N", help="games in sketches.png [16]")
+    p.add_argument(
+        "--recogniser",
+        metavar="WEIGHTS",
+        help="supervised weights file (or shipped name) that names each sketch's class "
+        "['<dataset>-recogniser-<size>' when shipped; 'none' skips]",
+    )
     return p
+
+
+def make_recogniser(
+    run: Run, game: SketchGame, spec: str | None, device: torch.device
+) -> Recogniser | None:
+    """The recogniser ``spec`` names (default: the shipped one for this dataset and image
+    size, if any), checked to be independent of the agents' training."""
+    if spec == "none":
+        return None
+    if spec is None:
+        spec = f"{run.config.dataset}-recogniser-{game.image_size[0]}"
+        if spec not in shipped():
+            return None
+    classes = [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))]
+    recogniser = Recogniser(spec, game.image_size, classes)
+    check_independent(recogniser, [run.config.weights, run.config.perceptual_net])
+    return recogniser.to(device)
 
 
 # ----- what plays -----------------------------------------------------------------------------
@@ -263,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
 
     # Play, logging every game as it is scored (to a temporary file, renamed at the end).
+    recogniser = make_recogniser(run, game, args.recogniser, device)
     batch_rates, correct, class_correct, labels, losses = [], [], [], [], []
+    recognised, image_recognised = [], []
     sheet, n_played = None, 0
     log_tmp = output / ".games.jsonl.tmp"
     try:
@@ -283,6 +319,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 class_correct.append((picked_labels == batch.sender_labels).flatten())
                 labels.append(batch.sender_labels.flatten())
                 records = game_records(batch, choices, n_played, index, classes)
+                if recogniser is not None:
+                    names = recogniser(outcome.sketches.flatten(0, 1)).cpu()
+                    recognised.append(names == batch.sender_labels.flatten())
+                    image_names = recogniser(batch.sender_images.flatten(0, 1).to(device))
+                    image_recognised.append(image_names.cpu() == batch.sender_labels.flatten())
+                    for record, name in zip(records, names.tolist(), strict=True):
+                        record["sketch_recognised_as"] = classes[name]
                 log.writelines(json.dumps(record) + "\n" for record in records)
                 n_played += len(records)
         os.replace(log_tmp, output / "games.jsonl")
@@ -298,6 +341,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     weights = torch.tensor([float(r.numel()) for r in correct])
     results["loss"] = float((torch.stack(losses).cpu() * weights).sum() / weights.sum())
     results["chance"] = 1 / game.n_candidates
+    if recogniser is not None:
+        results["recognisability"] = torch.cat(recognised).float().mean().item()
+        results["recognisability_chance"] = 1 / game.n_classes
+        results["recogniser_image_accuracy"] = torch.cat(image_recognised).float().mean().item()
+        results["recogniser"] = {
+            "path": recogniser.path,
+            "made_by": describe_weights(recogniser.info),
+        }
     results["settings"] = {
         "sender_checkpoint": run.path,
         "receiver_checkpoint": receiver_run.path,
@@ -332,8 +383,14 @@ def format_summary(results: dict[str, Any]) -> str:
         f" (chance {results['chance']:.4f})",
         f"class communication rate {results['class_rate_mean']:.4f} +- "
         f"{results['class_rate_std']:.4f}",
-        f"{'class':<16} {'games':>6} {'comm':>6} {'class':>6}",
     ]
+    if "recognisability" in results:
+        lines.append(
+            f"recognisability {results['recognisability']:.4f} (chance "
+            f"{results['recognisability_chance']:.4f}; the recogniser names "
+            f"{results['recogniser_image_accuracy']:.4f} of the images themselves)"
+        )
+    lines.append(f"{'class':<16} {'games':>6} {'comm':>6} {'class':>6}")
     for name, row in results["per_class"].items():
         if row["games"]:
             lines.append(

@@ -209,11 +209,15 @@ def run_status(config: SelfPlayConfig) -> str:
 
 def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with the defaults train.selfplay fills into the config it saves (weights,
-    and sigma2 when the image size is known); defaults that depend on the dataset stay
-    None."""
+    freezing, and sigma2 when the image size is known); defaults that depend on the
+    dataset's own image size stay None."""
     values = dict(values)
     if values["weights"] is None:
-        values["weights"] = default_weights(values["backbone"])
+        values["weights"] = default_weights(
+            values["backbone"], values["dataset"], values["image_size"], values["backbone_width"]
+        )
+    if values["freeze_backbone"] is None:
+        values["freeze_backbone"] = values["weights"] != "none"
     if values["sigma2"] is None and values["image_size"] is not None:
         values["sigma2"] = default_sigma2(values["image_size"])
     return values
@@ -350,12 +354,13 @@ def results_markdown(
     communication rate beside ours."""
     first = configs[runs[0].name]
     epochs = f"{first.epochs} epoch{'s' if first.epochs != 1 else ''}"
-    weights = _with_defaults(first.to_dict())["weights"]
+    filled = _with_defaults(first.to_dict())
+    weights = filled["weights"]
     backbone = f"backbone `{first.backbone}` (" + (
         "from scratch)" if weights == "none" else f"{weights} weights"
     )
     if weights != "none":
-        backbone += ", frozen)" if first.freeze_backbone else ", fine-tuned)"
+        backbone += ", frozen)" if filled["freeze_backbone"] else ", fine-tuned)"
     if scale == "smoke":
         lines = [
             f"## {table.title}: smoke scale",

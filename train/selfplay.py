@@ -16,29 +16,22 @@ PNG grid of sketches per validation pass in ``grids/``, and ``last.pt`` / ``best
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from agents.backbones import default_weights
+from agents.backbones import describe_weights
 from agents.checkpoint import (
     CheckpointError,
     game_settings,
@@ -52,7 +45,9 @@ from agents.config import (
     config_from_dict,
     load_config_file,
 )
-from agents.experiment import make_agents, make_game
+from agents.experiment import fill_defaults, make_agents, make_game
+from agents.perceptual import make_perceptual_net
+from agents.runs import lr_factor, seeded_generator, stop_on_signal, write_atomic, write_csv
 from agents.trainer import Outcome, evaluate, select_device, train_step
 from sketchenv.game import GameBatch, SketchGame
 
@@ -94,12 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--backbone", choices=("small", "vgg16"), help=f"[{d.backbone}]")
     a.add_argument(
         "--weights",
-        help="imagenet | stylized:PATH_OR_URL | none | FILE_OR_URL [imagenet for vgg16]",
+        help="imagenet | stylized:PATH_OR_URL | none | FILE_OR_URL | shipped name "
+        "[imagenet for vgg16; for small, the shipped visual system of the dataset at this "
+        "size and width when there is one (shapes at 32 px), else none]",
     )
     a.add_argument(
         "--backbone-width", type=int, help=f"small backbone channels [{d.backbone_width}]"
     )
-    a.add_argument("--freeze-backbone", action=bool_flag, help="train only projection and heads")
+    a.add_argument(
+        "--freeze-backbone",
+        action=bool_flag,
+        help="train only projection and heads [on with pretrained weights, off without]",
+    )
     a.add_argument("--separate-encoders", action=bool_flag, help="sender and receiver own one each")
     a.add_argument("--latent-size", type=int, help=f"projection output [{d.latent_size}]")
     a.add_argument("--sender-hidden", type=int, nargs="+", help=f"[{d.sender_hidden}]")
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("losses and optimisation")
     o.add_argument("--loss", choices=("hinge", "ce"), help=f"[{d.loss}]")
     o.add_argument("--perceptual-coef", type=float, help="perceptual loss weight (0 = off) [0]")
+    o.add_argument(
+        "--perceptual-net",
+        help="agents | edges | vgg16[:WEIGHTS] | weights FILE or shipped name [agents]",
+    )
     o.add_argument("--perceptual-weights", type=float, nargs="+", help="per tap [all 1]")
     o.add_argument("--epochs", type=int, help=f"[{d.epochs}]")
     o.add_argument("--batch-size", type=int, help=f"games per step [{d.batch_size}]")
@@ -160,12 +165,6 @@ def resolve_config(argv: Sequence[str] | None) -> tuple[SelfPlayConfig, dict | N
     return config_from_dict(saved | values), payload
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The data order of an epoch depends on (seed, epoch) only, so a resumed run replays it."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def validation_batches(
     game: SketchGame, n_games: int, blocks: int, seed: int
 ) -> Iterator[GameBatch]:
@@ -174,28 +173,6 @@ def validation_batches(
     n_blocks = math.ceil(n_games / game.n_candidates)
     for start in range(0, n_blocks, blocks):
         yield game.sample(min(blocks, n_blocks - start), generator)
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Linear warm-up, then constant or cosine decay to zero at ``total`` steps."""
-    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    if schedule == "constant":
-        return warm
-    return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def sketch_grid(batch: GameBatch, outcome: Outcome, n: int = 16) -> torch.Tensor:
@@ -207,29 +184,6 @@ def sketch_grid(batch: GameBatch, outcome: Outcome, n: int = 16) -> torch.Tensor
     scale = max(1, math.ceil(96 / pairs.shape[-1]))
     pairs = pairs.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
     return make_grid(pairs, nrow=8, padding=2, pad_value=0.5)
-
-
-@contextmanager
-def stop_on_signal() -> Iterator[dict]:
-    """Ctrl-C / SIGTERM set ``flag["signal"]`` (the loop stops after its step and saves);
-    a second one raises KeyboardInterrupt at once."""
-    flag: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["signal"] is not None:
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
-        print(f"\n{flag['signal']}: stopping after this step (again to abort)", file=sys.stderr)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -244,12 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # Games: the training split and a fixed set of validation games.
     train_game = make_game(config, "train")
-    height, width = train_game.image_size
-    config = config.replace(  # resolved: the saved config leaves nothing to defaults
-        image_size=height if height == width else config.image_size,
-        sigma2=train_game.sigma2,
-        weights=config.weights or default_weights(config.backbone),
-    )
+    config = fill_defaults(config, train_game)  # the saved config leaves nothing to defaults
     val_game = make_game(config, "val")
     blocks_per_batch = max(1, config.batch_size // train_game.n_candidates)
     steps_per_epoch = math.ceil(train_game.blocks_per_epoch / blocks_per_batch)
@@ -259,13 +208,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sender, receiver = make_agents(config, train_game.image_size, load_weights=resumed is None)
     agents = nn.ModuleDict({"sender": sender, "receiver": receiver}).to(device)
     params = [p for p in agents.parameters() if p.requires_grad]
-    n_taps = len(sender.encoder.backbone.tap_names)
+    if sender.encoder.backbone.weights_info:
+        print(f"backbone weights: {describe_weights(sender.encoder.backbone.weights_info)}")
+    perceptual_net = None
+    if config.perceptual_coef > 0:
+        perceptual_net = make_perceptual_net(
+            config.perceptual_net, sender.encoder.backbone, train_game.image_size
+        ).to(device)
+    taps = (perceptual_net or sender.encoder.backbone).tap_names
     if config.perceptual_weights is None:
-        config = config.replace(perceptual_weights=[1.0] * n_taps)
-    if len(config.perceptual_weights) != n_taps:
+        config = config.replace(perceptual_weights=[1.0] * len(taps))
+    if len(config.perceptual_weights) != len(taps):
         raise ValueError(
-            f"--perceptual-weights needs {n_taps} values for backbone {config.backbone!r} "
-            f"(taps {list(sender.encoder.backbone.tap_names)}), got {config.perceptual_weights}"
+            f"--perceptual-weights needs {len(taps)} values for the perceptual network "
+            f"{config.perceptual_net!r} (taps {list(taps)}), got {config.perceptual_weights}"
         )
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -274,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     loss_options = {
         "loss": config.loss,
-        "perceptual_net": sender.encoder.backbone,
+        "perceptual_net": perceptual_net,
         "perceptual_weights": config.perceptual_weights,
         "perceptual_coef": config.perceptual_coef,
     }
@@ -362,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             **{f"val_{k}": metrics[k] for k in ("loss", "comm_rate", "class_rate")},
         }  # fmt: skip
         history.append(row)
-        write_metrics_csv(out / "metrics.csv", history)
+        write_csv(out / "metrics.csv", history, CSV_FIELDS)
         return metrics
 
     # The training loop.
@@ -384,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             agents.train()
-            batches = train_game.epoch(blocks_per_batch, epoch_generator(config.seed, epoch))
+            batches = train_game.epoch(blocks_per_batch, seeded_generator(config.seed, epoch))
             sums = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
             n_steps, window = 0, []
             bar = tqdm(
@@ -444,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 + (f" | stopped: {stop_reason}" if stop_reason else ""),
                 flush=True,
             )
+            if stop_reason:  # max_steps or time_budget: the run ends here
+                break
     writer.close()
     return metrics
 

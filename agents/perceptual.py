@@ -1,0 +1,58 @@
+"""The network whose features the perceptual loss compares (``--perceptual-net``).
+
+Chosen independently of the agents' encoder:
+
+* ``agents``: the agents' own backbone (the paper's setting when the encoder is a frozen
+  pretrained VGG16; with an encoder trained in the game the loss follows the game);
+* ``edges``: a fixed multi-scale oriented-edge comparison that needs no weights
+  (:mod:`agents.edges`);
+* ``vgg16`` (ImageNet weights), ``vgg16:stylized:PATH_OR_URL``, ``vgg16:FILE``: VGG16's
+  relu1_2 ... relu5_3 features, as in the paper;
+* a weights file from ``python -m train.pretrain`` (or a shipped name, see
+  :mod:`agents.zoo`): the backbone it describes, at this game's image size.
+
+The network is frozen and kept out of the optimiser; the loss's gradients reach only the
+sketches (:func:`agents.losses.perceptual_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from agents.backbones import Backbone, make_backbone, read_weights
+from agents.edges import EdgeNet
+from agents.zoo import resolve_weights
+
+PERCEPTUAL_NETS = ("agents", "edges", "vgg16", "vgg16:WEIGHTS", "FILE")
+
+
+def make_perceptual_net(
+    spec: str, agents_backbone: Backbone, image_size: Sequence[int]
+) -> nn.Module:
+    """The perceptual network ``spec`` names (see the module docstring), frozen."""
+    if spec == "agents":
+        return agents_backbone
+    if spec == "edges":
+        net: nn.Module = EdgeNet()
+    elif spec == "vgg16" or spec.startswith("vgg16:"):
+        net = make_backbone("vgg16", spec.partition(":")[2] or "imagenet")
+    else:
+        path = resolve_weights(spec)
+        if path is None:
+            raise ValueError(
+                f"unknown --perceptual-net {spec!r}; choose agents, edges, vgg16, "
+                "vgg16:WEIGHTS, a weights file from python -m train.pretrain, or a shipped name"
+            )
+        _, info = read_weights(path)
+        if info is None:
+            raise ValueError(
+                f"--perceptual-net {spec!r} is a plain state dict: say which network it is "
+                "with vgg16:FILE, or give a weights file from python -m train.pretrain"
+            )
+        net = make_backbone(
+            info["backbone"], path, width=info.get("width") or 32, image_size=image_size
+        )
+    net.requires_grad_(False)
+    return net.eval()

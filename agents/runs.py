@@ -1,0 +1,77 @@
+"""What every training run folder needs: atomic files, seeded data order, clean stops.
+
+Shared by self-play (:mod:`train.selfplay`) and pretraining (:mod:`agents.pretrain`), so
+both write their files the same way, replay the same data after ``--resume`` and stop
+the same way on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_csv(path: str | Path, rows: list[dict], fields: Sequence[str]) -> None:
+    """All ``rows`` as a CSV with the columns ``fields`` (others ignored), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator that depends on ``keys`` only (for example ``(seed, epoch)``), so a
+    resumed run draws exactly what an uninterrupted one would have drawn."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at ``total`` steps."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "constant":
+        return warm
+    return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[dict]:
+    """Ctrl-C / SIGTERM set ``flag["signal"]`` (the loop stops after its step and saves);
+    a second one raises KeyboardInterrupt at once."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        print(f"\n{flag['signal']}: stopping after this step (again to abort)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
