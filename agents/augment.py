@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.edges import edges
+from agents.edges import line_drawing
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 LUMA = (0.299, 0.587, 0.114)
@@ -31,8 +31,8 @@ LUMA = (0.299, 0.587, 0.114)
 class Augment:
     """A recipe of random transforms, applied in this order to every image:
 
-    * ``crop``: a random crop covering ``crop_scale`` of the image area (aspect ratio in
-      ``[3/4, 4/3]``), resized back to the input size;
+    * a random crop covering ``crop_scale`` of the image area, with an aspect ratio in
+      ``crop_ratio`` (log-uniform), resized back to the input size;
     * ``flip``: a horizontal flip with probability 1/2 when true;
     * ``rotation``: a rotation by up to ``±rotation`` degrees (borders reflected);
     * colour jitter with probability ``jitter_p``: brightness, contrast and saturation
@@ -45,6 +45,7 @@ class Augment:
     """
 
     crop_scale: tuple[float, float] = (0.25, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     rotation: float = 15.0
     jitter_p: float = 0.8
@@ -71,7 +72,8 @@ class Augment:
         u = uniform(n, 6, generator).to(images.device)
         low, high = self.crop_scale
         area = low + (high - low) * u[:, 0]
-        ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1])
+        log_low, log_high = (math.log(r) for r in self.crop_ratio)
+        ratio = torch.exp(log_low + (log_high - log_low) * u[:, 1])
         half_w = torch.sqrt(area * ratio).clamp(max=1.0)  # crop half-size, canvas units
         half_h = torch.sqrt(area / ratio).clamp(max=1.0)
         centre_x = (1 - half_w) * (2 * u[:, 2] - 1)
@@ -136,15 +138,6 @@ def rotate_hue(images: Tensor, turns: Tensor) -> Tensor:
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq)
-
-
-def line_drawing(images: Tensor, gain: float = 3.0) -> Tensor:
-    """Dark lines on white where ``images`` have edges (energy over 1/gain of the
-    image's strongest edge is black), as RGB; edges are found at the scale of one pixel
-    at 64 px (proportionally finer below, so small images keep thin lines)."""
-    sigma = min(1.0, images.shape[-1] / 64)
-    energy = edges(images, flat=0.0, sigma=sigma)[:, 2:3]  # energy, in [0, 1] of the peak
-    return (1 - (gain * energy).clamp(0, 1)).expand(-1, 3, -1, -1)
 
 
 # Per method. Self-supervised views follow SimCLR/Barlow Twins (crops, flips, strong

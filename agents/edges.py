@@ -1,6 +1,6 @@
-"""A fixed perceptual network that needs no weights: oriented edges at several scales.
+"""Fixed perceptual networks that need no weights, and line drawings of images.
 
-The image is taken at ``n_scales`` levels of a pyramid (full size, then halved each
+``edges`` (:class:`EdgeNet`): oriented edges at several scales. The image is taken at ``n_scales`` levels of a pyramid (full size, then halved each
 time by 2x2 averaging). At each level its gradient is taken in each colour channel after
 a one-pixel Gaussian blur, and the structure tensor (summed over channels, smoothed by
 the same blur) gives three maps per pixel: the doubled-angle orientation ``(Jxx - Jyy, 2 Jxy)`` scaled by edge energy, and the
@@ -8,7 +8,18 @@ energy ``Jxx + Jyy``, divided by the image's strongest energy at that scale, plu
 constant map. Unit-normalised over these four channels (as the perceptual loss does), a
 pixel reads "edge of this orientation" or "flat": independent of colour, contrast and of
 which side of an edge is darker, so a black line on white can match the outline of an
-orange disc on a striped background.
+orange disc on a striped background. It cannot tell an outline from a filled silhouette
+(both have their edges in the same place).
+
+``drawing`` (:class:`DrawingNet`): the sketch's ink against the image's line drawing
+(:func:`line_drawing`: its edges as dark lines on white), at several scales. A sketch
+matches where it puts ink on the image's outlines and leaves the rest white, so outlines
+win over filled silhouettes and scribbles.
+
+Both follow the :class:`~agents.backbones.Backbone` tap interface
+(``forward(images, taps=names)``). A perceptual network may also define
+``reference(images)``, what a sketch of ``images`` should look like to it, and
+``distance(target, drawn, weights)``; :func:`agents.losses.perceptual_loss` uses them.
 """
 
 from __future__ import annotations
@@ -45,6 +56,56 @@ class EdgeNet(nn.Module):
         for _ in range(max(self.tap_index[t] for t in taps)):
             levels.append(F.avg_pool2d(levels[-1], 2, ceil_mode=True))
         return [edges(levels[self.tap_index[t]], self.flat) for t in taps]
+
+
+class DrawingNet(nn.Module):
+    """Ink maps ``[N, 1, H, W]`` (1 - mean of the channels) of a pyramid of ``n_scales``
+    levels (2x2 averaging), level ``k`` scaled by ``2^k``; the reference of an image is its
+    line drawing, and the distance the mean squared difference per level. With the
+    scaling, each level's mean counts its squared errors in full-size pixels, so coarse
+    levels (which pull strokes from afar) weigh as much as the fine one."""
+
+    name = "drawing"
+
+    def __init__(self, n_scales: int = 4) -> None:
+        super().__init__()
+        self.tap_index = {f"scale{k}": k for k in range(n_scales)}
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        return tuple(self.tap_index)
+
+    def reference(self, images: Tensor) -> Tensor:
+        return line_drawing(images)
+
+    def forward(self, images: Tensor, taps: Sequence[str] | None = None) -> list[Tensor]:
+        taps = list(taps or self.tap_names)
+        unknown = [t for t in taps if t not in self.tap_index]
+        if unknown:
+            raise ValueError(f"unknown taps {unknown} for drawing; known: {list(self.tap_index)}")
+        levels = [1 - images.mean(1, keepdim=True)]
+        for _ in range(max(self.tap_index[t] for t in taps)):
+            levels.append(F.avg_pool2d(levels[-1], 2, ceil_mode=True))
+        return [levels[self.tap_index[t]] * 2 ** self.tap_index[t] for t in taps]
+
+    def distance(
+        self, target: Sequence[Tensor], drawn: Sequence[Tensor], weights: Sequence[float]
+    ) -> Tensor:
+        """Per-image distance ``[N]``: the weighted sum over levels of the mean squared
+        difference of the (scaled) ink maps."""
+        total = target[0].new_zeros(target[0].shape[0])
+        for a, b, w in zip(target, drawn, weights, strict=True):
+            total = total + w * (a - b).pow(2).mean(dim=(1, 2, 3))
+        return total
+
+
+def line_drawing(images: Tensor, gain: float = 3.0) -> Tensor:
+    """Dark lines on white where ``images`` have edges (energy over 1/gain of the
+    image's strongest edge is black), as RGB; edges are found at the scale of one pixel
+    at 64 px (proportionally finer below, so small images keep thin lines)."""
+    sigma = min(1.0, images.shape[-1] / 64)
+    energy = edges(images, flat=0.0, sigma=sigma)[:, 2:3]  # energy, in [0, 1] of the peak
+    return (1 - (gain * energy).clamp(0, 1)).expand(-1, 3, -1, -1)
 
 
 def edges(images: Tensor, flat: float, sigma: float = 1.0) -> Tensor:

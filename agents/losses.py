@@ -54,7 +54,9 @@ def perceptual_loss(
     ``weights`` has one entry per tap of ``backbone`` (layers weighted 0 are skipped). The
     backbone acts as a fixed loss network: gradients reach the sketches only, never the
     backbone's weights (otherwise a trainable backbone could shrink the loss by making all
-    features alike).
+    features alike). A network with a ``reference(images)`` method compares the sketches
+    with that instead of the images, and one with a ``distance`` method uses it instead
+    of :func:`perceptual_distance` (see :mod:`agents.edges`).
     """
     if len(weights) != len(backbone.tap_names):
         raise ValueError(
@@ -67,6 +69,9 @@ def perceptual_loss(
     names, layer_weights = zip(*used, strict=True)
     fixed = {name: p.detach() for name, p in backbone.named_parameters()}
     with torch.no_grad():
+        reference = getattr(backbone, "reference", None)
+        images = reference(images) if reference is not None else images
         target = functional_call(backbone, fixed, (images,), {"taps": names})
     drawn = functional_call(backbone, fixed, (sketches,), {"taps": names})
-    return perceptual_distance(target, drawn, layer_weights).mean()
+    distance = getattr(backbone, "distance", perceptual_distance)
+    return distance(target, drawn, layer_weights).mean()

@@ -50,11 +50,8 @@ class BarlowTwins(nn.Module):
         self.lambd = lambd
 
     def forward(self, features: Sequence[Tensor], labels: Tensor | None = None) -> Tensor:
-        z1, z2 = (standardise(self.projector(f)) for f in features)
-        c = z1.T @ z2 / z1.shape[0]
-        on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
-        off_diagonal = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
-        return on_diagonal + self.lambd * off_diagonal
+        z1, z2 = (self.projector(f) for f in features)
+        return barlow_twins_loss(z1, z2, self.lambd)
 
 
 class SimCLR(nn.Module):
@@ -71,12 +68,8 @@ class SimCLR(nn.Module):
         self.temperature = temperature
 
     def forward(self, features: Sequence[Tensor], labels: Tensor | None = None) -> Tensor:
-        z = F.normalize(self.projector(torch.cat(list(features))), dim=1)
-        n = z.shape[0] // 2
-        logits = z @ z.T / self.temperature
-        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -1e9)
-        twins = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-        return F.cross_entropy(logits, twins)
+        z1, z2 = (self.projector(f) for f in features)
+        return info_nce_loss(z1, z2, self.temperature)
 
 
 class Supervised(nn.Module):
@@ -95,9 +88,31 @@ class Supervised(nn.Module):
         return F.cross_entropy(self.classifier(features[0]), labels)
 
 
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float) -> Tensor:
+    """``sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2`` for the cross-correlation
+    ``C = z1^T z2 / N`` of the views' embeddings ``[N, D]``, each standardised per
+    dimension over the batch (population statistics)."""
+    z1, z2 = standardise(z1), standardise(z2)
+    c = z1.T @ z2 / z1.shape[0]
+    on_diagonal = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diagonal = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on_diagonal + lambd * off_diagonal
+
+
+def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """NT-Xent: mean cross-entropy, over all ``2N`` views, of picking the twin view among
+    the other ``2N - 1`` by cosine similarity divided by ``temperature``."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
+    twins = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, twins)
+
+
 def standardise(z: Tensor) -> Tensor:
-    """Zero mean and unit variance per feature over the batch."""
-    return (z - z.mean(0)) / (z.std(0) + 1e-5)
+    """Zero mean and unit variance per dimension over the batch."""
+    return (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-5)
 
 
 def make_method(name: str, feature_size: int, n_classes: int) -> nn.Module:

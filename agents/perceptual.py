@@ -4,8 +4,9 @@ Chosen independently of the agents' encoder:
 
 * ``agents``: the agents' own backbone (the paper's setting when the encoder is a frozen
   pretrained VGG16; with an encoder trained in the game the loss follows the game);
-* ``edges``: a fixed multi-scale oriented-edge comparison that needs no weights
-  (:mod:`agents.edges`);
+* ``edges``: a fixed multi-scale oriented-edge comparison that needs no weights;
+* ``drawing``: the sketch's ink against the image's line drawing, at several scales; no
+  weights either (both in :mod:`agents.edges`);
 * ``vgg16`` (ImageNet weights), ``vgg16:stylized:PATH_OR_URL``, ``vgg16:FILE``: VGG16's
   relu1_2 ... relu5_3 features, as in the paper;
 * a weights file from ``python -m train.pretrain`` (or a shipped name, see
@@ -22,10 +23,11 @@ from collections.abc import Sequence
 from torch import nn
 
 from agents.backbones import Backbone, make_backbone, read_weights
-from agents.edges import EdgeNet
+from agents.edges import DrawingNet, EdgeNet
 from agents.zoo import resolve_weights
 
-PERCEPTUAL_NETS = ("agents", "edges", "vgg16", "vgg16:WEIGHTS", "FILE")
+PERCEPTUAL_NETS = ("agents", "edges", "drawing", "vgg16", "vgg16:WEIGHTS", "FILE")
+FIXED_NETS = {"edges": EdgeNet, "drawing": DrawingNet}
 
 
 def make_perceptual_net(
@@ -34,15 +36,15 @@ def make_perceptual_net(
     """The perceptual network ``spec`` names (see the module docstring), frozen."""
     if spec == "agents":
         return agents_backbone
-    if spec == "edges":
-        net: nn.Module = EdgeNet()
+    if spec in FIXED_NETS:
+        net: nn.Module = FIXED_NETS[spec]()
     elif spec == "vgg16" or spec.startswith("vgg16:"):
         net = make_backbone("vgg16", spec.partition(":")[2] or "imagenet")
     else:
         path = resolve_weights(spec)
         if path is None:
             raise ValueError(
-                f"unknown --perceptual-net {spec!r}; choose agents, edges, vgg16, "
+                f"unknown --perceptual-net {spec!r}; choose agents, edges, drawing, vgg16, "
                 "vgg16:WEIGHTS, a weights file from python -m train.pretrain, or a shipped name"
             )
         _, info = read_weights(path)

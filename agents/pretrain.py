@@ -127,6 +127,11 @@ def pretrain_config(values: dict[str, Any]) -> PretrainConfig:
     return c
 
 
+def run_folder(config: PretrainConfig) -> Path:
+    """``config.output``, or a new ``runs/pretrain-<method>-<date-time>``."""
+    return Path(config.output or f"runs/pretrain-{config.method}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
 def load_dataset(config: PretrainConfig, split: str) -> ImageCache:
     """A split of the config's dataset at its image size, read through an 8-bit cache."""
     image_size = config.image_size
@@ -251,7 +256,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
         history, metrics = resumed["history"], resumed["metrics"]
 
     # Output directory.
-    out = Path(config.output or f"runs/pretrain-{config.method}-{datetime.now():%Y%m%d-%H%M%S}")
+    out = run_folder(config)
     if resumed is None and (out / "last.pt").exists():
         raise FileExistsError(
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
@@ -344,16 +349,17 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
     stop_reason = None
     with stop_on_signal() as interrupted:
 
-        def should_stop() -> str | None:
+        def should_stop(after_step: bool = True) -> str | None:
+            """Why the run must stop now, if it must (the time budget is checked only
+            after a step, so every run makes at least one)."""
             if interrupted["signal"]:
                 return interrupted["signal"]
             if config.max_steps is not None and step >= config.max_steps:
                 return "max_steps"
-            if config.time_budget and time.monotonic() - start_time > config.time_budget:
-                return "time_budget"
-            return None
+            out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
+            return "time_budget" if after_step and out_of_time else None
 
-        while epoch < config.epochs and (stop_reason := should_stop()) is None:
+        while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             modules.train()
             order = torch.randperm(len(train), generator=seeded_generator(config.seed, epoch))
             batches = order[: steps_per_epoch * config.batch_size].view(steps_per_epoch, -1)

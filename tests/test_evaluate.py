@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from test_policies import make_tiny_run
 
+from agents.backbones import make_backbone, save_weights
 from agents.checkpoint import CheckpointError, load_run
 from agents.trainer import evaluate as trainer_evaluate
 from train.evaluate import main
@@ -175,3 +176,55 @@ def test_bad_input_gives_clear_errors(runs, tmp_path):
     assert cli.returncode != 0
     assert "error:" in cli.stderr and "does not exist" in cli.stderr
     assert "Traceback" not in cli.stderr
+
+
+# ----- recognisability -------------------------------------------------------------------
+
+
+def constant_recogniser(path: Path, image_size: int, classes: list[str], answer: int) -> None:
+    """A supervised weights file whose classifier names class ``answer`` for any image:
+    an all-zero backbone gives all-zero features, so only the classifier's bias speaks."""
+    backbone = make_backbone("small", "none", width=8)
+    for p in backbone.parameters():
+        torch.nn.init.zeros_(p)
+    bias = torch.zeros(len(classes))
+    bias[answer] = 1.0
+    classifier = {"weight": torch.zeros(len(classes), 32), "bias": bias}
+    info = {"method": "supervised", "dataset": "x", "image_size": [image_size] * 2, "width": 8}
+    save_weights(path, backbone, {**info, "classes": classes}, classifier)
+
+
+def test_recognisability_with_a_known_answer(runs, tmp_path):
+    run = runs["trained"]
+    classes = load_run(run).make_game("test").dataset.classes
+    constant_recogniser(tmp_path / "always2.pt", 16, classes, answer=2)
+    results = main(
+        [str(run), "--recogniser", str(tmp_path / "always2.pt"), "--output", str(tmp_path / "out")]
+    )
+    games = read_log(tmp_path / "out" / "games.jsonl")
+    assert all(g["sketch_recognised_as"] == classes[2] for g in games)
+    share = np.mean([g["target_class"] == classes[2] for g in games])  # sketches of class 2
+    assert results["recognisability"] == pytest.approx(share) and 0 < share < 1
+    assert results["recogniser_image_accuracy"] == pytest.approx(share)
+    assert results["recognisability_chance"] == 1 / len(classes)
+    assert "recognisability" not in main([str(run), "--output", str(tmp_path / "plain")])
+
+
+def test_recognisers_that_do_not_fit_or_trained_the_agents_are_refused(runs, tmp_path):
+    run = runs["trained"]
+    classes = load_run(run).make_game("test").dataset.classes
+    constant_recogniser(tmp_path / "big.pt", 32, classes, answer=0)
+    with pytest.raises(ValueError, match="image_size"):
+        main([str(run), "--recogniser", str(tmp_path / "big.pt")])
+    constant_recogniser(tmp_path / "other.pt", 16, ["a", "b", "c", "d"], answer=0)
+    with pytest.raises(ValueError, match="classes"):
+        main([str(run), "--recogniser", str(tmp_path / "other.pt")])
+    with pytest.raises(FileNotFoundError, match="recogniser 'nothing' not found"):
+        main([str(run), "--recogniser", "nothing"])
+    # The agents' own pretrained weights cannot judge their sketches.
+    constant_recogniser(tmp_path / "mine.pt", 16, classes, answer=0)
+    trained_on_it = make_tiny_run(
+        tmp_path, steps=1, extra=(f"--weights={tmp_path / 'mine.pt'}", "--backbone-width=8")
+    )
+    with pytest.raises(ValueError, match="same file"):
+        main([str(trained_on_it), "--recogniser", str(tmp_path / "mine.pt")])

@@ -224,3 +224,46 @@ def test_whole_table_pipeline(tmp_path, folder, capsys):
     experiments.main(argv)
     assert "(finished)" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_visual_system_table_pretrains_its_own_visual_systems(tmp_path):
+    table = load_table("visual-system")
+    assert set(table.pretraining) == {"supervised", "barlow"}
+    assert len(table.runs) == 12
+    paths = {name: f"/w/{name}.pt" for name in table.pretraining}
+    for run in table.runs:
+        for scale in ("full", "smoke"):
+            config = resolve_config(run, scale, tmp_path, pretrained=paths)
+            system = run.name.split("-")[-2 if run.name.endswith("perceptual") else -1]
+            assert config.weights == {"scratch": "none"}.get(system, paths.get(system))
+            assert config.freeze_backbone == (system != "scratch")
+            assert (config.perceptual_coef > 0) == run.name.endswith("-perceptual")
+            assert config.perceptual_net == "agents"
+        if run.values["weights"].startswith("pretrain:"):
+            with pytest.raises(ValueError, match=r"names no \[pretrain\."):
+                resolve_config(run, "smoke", tmp_path)  # no weights file given for it
+    smoke = experiments.resolve_pretrain_config(table.pretraining["barlow"], "smoke", tmp_path)
+    assert smoke.method == "barlow" and smoke.dataset == "shapes" and smoke.image_size == 32
+    full = experiments.resolve_pretrain_config(table.pretraining["barlow"], "full", tmp_path)
+    assert full.backbone == "vgg16" and full.dataset == "stl10"
+
+
+def test_table_with_pretraining_runs_it_first_and_once(tmp_path, folder, monkeypatch, capsys):
+    tiny_pretraining = {"batch_size": 8, "epochs": 1, "image_size": 16, "backbone_width": 4}
+    monkeypatch.setattr(
+        experiments, "SMOKE_PRETRAIN", experiments.SMOKE_PRETRAIN | tiny_pretraining
+    )
+    argv = ["visual-system", "--output", str(tmp_path), "--dataset", folder]
+    argv += ["--runs", "oo-different-supervised", "--set=backbone_width=4"]
+    argv += [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    root = experiments.main(argv)
+    weights = root / "pretrain-supervised" / "weights.pt"
+    saved = read_checkpoint(root / "oo-different-supervised", which="last")["config"]
+    assert saved["weights"] == str(weights) and saved["freeze_backbone"] is True
+    assert (root / "pretrain-barlow" / "weights.pt").is_file()
+    text = (root / "results.md").read_text()
+    assert "pretrain-supervised, frozen" not in text  # one visual system: no extra column
+    stamp = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    experiments.main(argv)
+    assert weights.stat().st_mtime_ns == stamp  # finished pretraining is not redone

@@ -14,9 +14,18 @@ numbers), ``results.json`` and ``sketches.png`` (one row of sketches per run, al
 from the same test images). Rerun the same command after an interruption to continue.
 
 ``--scale smoke`` keeps each run's experimental factor (game, perceptual loss and its
-weights, model sizes, strokes) but swaps in the built-in ``shapes`` dataset (or
-``--dataset``), a small CNN trained from scratch instead of the pretrained VGG16, and a
-CPU-sized budget; :data:`SMOKE` lists every change.
+weights, model sizes, strokes, a visual system trained from scratch or pretrained by the
+table itself) but swaps in the built-in ``shapes`` dataset (or ``--dataset``), the small
+CNN instead of VGG16 (with the trainer's default visual system in place of weights that
+must be downloaded: the one shipped for ``shapes`` at 32 px), and a CPU-sized budget;
+:data:`SMOKE` lists every change.
+
+A table may also pretrain visual systems: each ``pretrain-<name>.toml`` beside the run
+configs is a ``train.pretrain`` config (listed under ``[pretrain.<name>]`` in
+``table.toml``), trained first (skipped when finished, resumed when interrupted) into
+``<output>/pretrain-<name>/``; a run config names its weights file as
+``pretrain:<name>`` in ``weights`` or ``perceptual_net``. At smoke scale the pretraining
+gets :data:`SMOKE_PRETRAIN`.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ from agents.config import (
     default_sigma2,
     load_config_file,
 )
+from agents.pretrain import RESUMABLE as PRETRAIN_RESUMABLE
+from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pretrain_checkpoint
+from agents.pretrain import resume_config as resume_pretraining
 from sketchenv.datasets import labels_of
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -57,13 +69,12 @@ SMOKE: dict[str, Any] = {
     "download": False,
     "image_size": 32,
     "sigma2": None,  # train.selfplay's default: the paper's stroke width in pixels
-    # Agents: a small CNN from scratch instead of the frozen, pretrained VGG16 (its weights
-    # cannot be downloaded everywhere, and it is slow on a CPU). Runs that differ only in
-    # pretrained weights (Table 4, CelebA) become identical at this scale.
+    # Agents: the small CNN instead of VGG16 (slow on a CPU). Weights that must be
+    # downloaded (ImageNet, Stylized-ImageNet) become the trainer's default visual system
+    # (see smoke_weights), so runs that differ only in them (Table 4, CelebA) become
+    # identical at this scale; "none" and a table's own pretraining stay as they are.
     "backbone": "small",
-    "weights": None,
     "backbone_width": _TRAINER.backbone_width,
-    "freeze_backbone": False,
     # Optimisation: train.selfplay's CPU defaults (the paper's lr 1e-4 with a plain dot
     # product learns too slowly for a budget of minutes).
     "score": _TRAINER.score,
@@ -78,6 +89,19 @@ SMOKE: dict[str, Any] = {
     "val_games": 300,
 }
 """Every option ``--scale smoke`` changes; the rest of each run's config is kept."""
+SMOKE_PRETRAIN: dict[str, Any] = {
+    "dataset": "shapes",
+    "download": False,
+    "image_size": 32,
+    "backbone": "small",
+    "backbone_width": _TRAINER.backbone_width,
+    "epochs": 10,
+    "batch_size": 64,
+    "probe_every": 10,
+}
+"""Every pretraining option ``--scale smoke`` changes (about 2 minutes of supervised and
+5 of Barlow Twins pretraining on one core)."""
+PRETRAIN_PREFIX = "pretrain:"
 SMOKE_THREADS = 1
 """torch CPU threads at smoke scale: the small model's ops are too small to split, and on
 a busy 2-core machine one thread ran a training step 3-4x faster than two."""
@@ -98,12 +122,14 @@ class Experiment:
 
 @dataclasses.dataclass
 class ExperimentTable:
-    """A folder of ``experiments/``: runs in the order of its ``table.toml``."""
+    """A folder of ``experiments/``: runs in the order of its ``table.toml``, and the
+    visual systems it pretrains (name -> ``train.pretrain`` config file)."""
 
     name: str
     title: str
     source: str
     runs: list[Experiment]
+    pretraining: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 def list_tables(root: str | Path = EXPERIMENTS_DIR) -> list[str]:
@@ -122,7 +148,16 @@ def load_table(name: str, root: str | Path = EXPERIMENTS_DIR) -> ExperimentTable
         raise ValueError(f"unknown table {name!r} in {root}: known tables are {known}")
     meta = load_config_file(folder / TABLE_FILE)
     entries = meta.get("runs", {})
-    configs = {p.stem for p in folder.glob("*.toml") if p.name != TABLE_FILE}
+    pretraining = {name: folder / f"pretrain-{name}.toml" for name in meta.get("pretrain", {})}
+    for name, path in pretraining.items():
+        if not path.is_file():
+            raise ValueError(f"{folder}: [pretrain.{name}] needs the config file {path.name}")
+        pretrain_config(load_config_file(path))  # checked now, not after hours of training
+    configs = {
+        p.stem
+        for p in folder.glob("*.toml")
+        if p.name != TABLE_FILE and not p.name.startswith("pretrain-")
+    }
     if set(entries) != configs:
         raise ValueError(
             f"{folder}: {TABLE_FILE} lists runs {sorted(entries)} but the config files are "
@@ -147,7 +182,7 @@ def load_table(name: str, root: str | Path = EXPERIMENTS_DIR) -> ExperimentTable
                 note=entry.get("note", ""),
             )
         )
-    return ExperimentTable(name, meta.get("title", name), meta.get("source", ""), runs)
+    return ExperimentTable(name, meta.get("title", name), meta.get("source", ""), runs, pretraining)
 
 
 def resolve_config(
@@ -157,22 +192,86 @@ def resolve_config(
     *,
     dataset: str | None = None,
     overrides: dict[str, Any] | None = None,
+    pretrained: dict[str, str] | None = None,
 ) -> SelfPlayConfig:
     """The trainer config of ``run`` at ``scale`` writing to ``output``: the file's values,
-    then :data:`SMOKE` (smoke scale), then ``dataset`` and ``overrides``."""
+    then :data:`SMOKE` (smoke scale), then ``dataset`` and ``overrides``; ``pretrained``
+    maps the table's pretraining names to their weights files (for ``pretrain:NAME``)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     values = {k.replace("-", "_"): v for k, v in run.values.items()}
     if scale == "smoke":
-        values |= SMOKE
+        values |= SMOKE | smoke_weights(values)
     if dataset is not None:
         values["dataset"] = dataset
     values |= overrides or {}
     values["output"] = str(output)
+    for key in ("weights", "perceptual_net"):
+        value = values.get(key)
+        if isinstance(value, str) and value.startswith(PRETRAIN_PREFIX):
+            name = value.removeprefix(PRETRAIN_PREFIX)
+            if pretrained is None or name not in pretrained:
+                raise ValueError(
+                    f"run {run.name!r}: {key} = {value!r} names no [pretrain.{name}] of its table"
+                )
+            values[key] = pretrained[name]
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as err:
         raise ValueError(f"run {run.name!r} at scale {scale!r}: {err}") from err
+
+
+def smoke_weights(values: dict[str, Any]) -> dict[str, Any]:
+    """At smoke scale, weights that must be downloaded give way to the trainer's default
+    visual system (and its default freezing); ``none`` and ``pretrain:NAME`` stay."""
+    weights = values.get("weights")
+    if weights == "none" or (isinstance(weights, str) and weights.startswith(PRETRAIN_PREFIX)):
+        return {}
+    return {"weights": None, "freeze_backbone": None}
+
+
+def resolve_pretrain_config(
+    path: Path, scale: str, output: Path, *, dataset: str | None = None
+) -> PretrainConfig:
+    """The ``train.pretrain`` config of a table's ``pretrain-<name>.toml`` at ``scale``."""
+    values = load_config_file(path)
+    if scale == "smoke":
+        values |= SMOKE_PRETRAIN
+    if dataset is not None:
+        values["dataset"] = dataset
+    return pretrain_config(values | {"output": str(output)})
+
+
+def pretrain_visual_system(config: PretrainConfig) -> str:
+    """Pretrain (or skip when finished, resume when interrupted) into ``config.output``;
+    returns the path of its ``weights.pt``."""
+    out = Path(config.output)
+    weights = out / "weights.pt"
+    if (out / "last.pt").is_file():
+        payload = read_pretrain_checkpoint(out)
+        saved = pretrain_config(payload["config"])
+        differ = [
+            f.name
+            for f in dataclasses.fields(PretrainConfig)
+            if f.name not in (*PRETRAIN_RESUMABLE, "image_size")
+            and getattr(saved, f.name) != getattr(config, f.name)
+        ]
+        if differ:
+            raise ValueError(
+                f"{out} holds a pretraining run with other settings ({', '.join(differ)} "
+                "differ); use another --output or delete that folder"
+            )
+        if payload["progress"]["epoch"] < config.epochs:
+            changes = {k: getattr(config, k) for k in PRETRAIN_RESUMABLE}
+            pretrain(*resume_pretraining(out, changes))
+    else:
+        pretrain(config)
+    if read_pretrain_checkpoint(out)["progress"]["epoch"] < config.epochs:
+        raise RuntimeError(
+            f"pretraining {out} stopped before the end of its budget; rerun the same "
+            "command to resume it"
+        )
+    return str(weights)
 
 
 def run_status(config: SelfPlayConfig) -> str:
@@ -287,9 +386,21 @@ def run_table(
         torch.set_num_threads(threads)
     runs = _select(table.runs, only)
     folder = Path(output or f"runs/experiments/{scale}") / name
+    pretrained = {}
+    for i, (system, path) in enumerate(table.pretraining.items(), 1):
+        config = resolve_pretrain_config(
+            path, scale, folder / f"pretrain-{system}", dataset=dataset
+        )
+        print(f"[pretrain {i}/{len(table.pretraining)}] {name}/{system} -> {config.output}")
+        pretrained[system] = pretrain_visual_system(config)
     configs = {
         run.name: resolve_config(
-            run, scale, folder / run.name, dataset=dataset, overrides=overrides
+            run,
+            scale,
+            folder / run.name,
+            dataset=dataset,
+            overrides=overrides,
+            pretrained=pretrained,
         )
         for run in runs
     }
@@ -340,7 +451,21 @@ def summarise(config: SelfPlayConfig, evaluation: dict[str, Any]) -> dict[str, A
         "chance": 1 / payload["game"]["n_candidates"],
         "steps": progress.get("step"),
         "epochs": progress.get("epoch"),
+        "recognisability": evaluation.get("recognisability"),
+        "recognisability_chance": evaluation.get("recognisability_chance"),
+        "visual_system": describe_visual_system(payload["config"]),
     }
+
+
+def describe_visual_system(config: dict[str, Any]) -> str:
+    """How a run's backbone was made, for a results table: from scratch, or the weights
+    (a pretraining run folder's name, a shipped name) and whether they were frozen."""
+    weights = config.get("weights") or "none"
+    if weights == "none":
+        return "from scratch"
+    path = Path(weights)
+    name = path.parent.name if path.name == "weights.pt" else weights
+    return f"{name}, {'frozen' if config.get('freeze_backbone') else 'fine-tuned'}"
 
 
 def results_markdown(
@@ -379,22 +504,31 @@ def results_markdown(
             f"{epochs}.",
             "",
         ]
-    lines += [
-        "| run | setting | game | chance | paper | ours | ours, class rate | trained |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    systems = len({rows[run.name].get("visual_system") for run in runs}) > 1
+    recognised = any(rows[run.name].get("recognisability") is not None for run in runs)
+    head = ["run", "setting", "game", "chance", "paper", "ours", "ours, class rate"]
+    head += ["visual system"] * systems + ["recognisability (chance)"] * recognised
+    lines += ["| " + " | ".join([*head, "trained"]) + " |", "|---" * (len(head) + 1) + "|"]
     for run in runs:
         row = rows[run.name]
         paper = "n/a" if run.paper is None else f"{run.paper:g} %"
         if run.paper is not None and run.paper_std is not None:
             paper = f"{run.paper:g} ± {run.paper_std:g} %"
-        lines.append(
-            f"| {run.name} | {run.label} | {configs[run.name].game} | "
-            f"{_percent(row.get('chance'))} | {paper} | "
-            f"{_percent(row.get('comm_rate'), row.get('comm_rate_std'))} | "
-            f"{_percent(row.get('class_rate'))} | "
-            f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs |"
-        )
+        cells = [
+            run.name,
+            run.label,
+            configs[run.name].game,
+            _percent(row.get("chance")),
+            paper,
+            _percent(row.get("comm_rate"), row.get("comm_rate_std")),
+            _percent(row.get("class_rate")),
+        ]
+        cells += [str(row.get("visual_system"))] * systems
+        if recognised:
+            chance = row.get("recognisability_chance")
+            cells.append(f"{_percent(row.get('recognisability'))} ({_percent(chance)})")
+        cells.append(f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs")
+        lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {run.name}: {run.note}" for run in runs if run.note]
     lines += ["", *notes, *([""] if notes else [])]
     lines += [
@@ -509,7 +643,9 @@ def describe_tables(root: str | Path = EXPERIMENTS_DIR) -> str:
         lines.append(f"{name}: {table.title}")
         for run in table.runs:
             paper = "" if run.paper is None else f"  [paper {run.paper:g} %]"
-            lines.append(f"  {run.name:<28} {run.label}{paper}")
+            lines.append(f"  {run.name:<36} {run.label}{paper}")
+        for system, path in table.pretraining.items():
+            lines.append(f"  {'(pretrains) ' + system:<36} {path.name}")
     return "\n".join(lines)
 
 

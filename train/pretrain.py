@@ -5,6 +5,7 @@
     python -m train.pretrain --method simclr --dataset imagefolder:PATH --image-size 64
     python -m train.pretrain --backbone vgg16 --dataset stl10 --method barlow   # GPU
     python -m train.pretrain --resume runs/pretrain-barlow-...                  # continue exactly
+    python -m train.pretrain --remake shapes-supervised-32    # re-make a shipped weights file
 
 Methods: ``barlow`` (Barlow Twins, the paper's future work), ``simclr`` (InfoNCE) and
 ``supervised`` (cross-entropy on the training labels, the analogue of ImageNet weights).
@@ -17,13 +18,26 @@ on the validation split are printed, logged to TensorBoard and stored in the fil
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import shutil
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from agents.checkpoint import CheckpointError
 from agents.config import load_config_file
-from agents.pretrain import PretrainConfig, pretrain, pretrain_config, resume_config
+from agents.pretrain import (
+    PretrainConfig,
+    pretrain,
+    pretrain_config,
+    read_pretrain_checkpoint,
+    resume_config,
+    run_folder,
+)
+from agents.zoo import WEIGHTS_DIR, recipe_path, shipped
 from train.flags import add_config_flags
 
 
@@ -35,25 +49,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="JSON or TOML file of options (flags override it)")
     p.add_argument("--resume", help="run directory or last.pt to continue exactly")
+    p.add_argument(
+        "--remake",
+        metavar="NAME",
+        help=f"re-make the shipped weights NAME from its recipe ({', '.join(shipped())}) "
+        "and install the result in agents/weights/",
+    )
     add_config_flags(p, PretrainConfig)
     return p
 
 
-def resolve(argv: Sequence[str] | None) -> tuple[PretrainConfig, dict[str, Any] | None]:
-    """Defaults < --config file < flags; with --resume, the run's own config."""
+def resolve(
+    argv: Sequence[str] | None,
+) -> tuple[PretrainConfig, dict[str, Any] | None, str | None]:
+    """Defaults < --config file (or --remake's recipe) < flags; with --resume, the run's
+    own config. Returns the config, the checkpoint to resume, and the name to remake."""
     args = vars(build_parser().parse_args(argv))
     config_file, resume = args.pop("config", None), args.pop("resume", None)
+    remake = args.pop("remake", None)
+    if remake is not None:
+        if config_file or resume:
+            raise ValueError(
+                "--remake NAME takes its options from the recipe: drop --config/--resume"
+            )
+        config_file = recipe_path(remake)
+        args.setdefault("output", f"runs/remake-{remake}-{datetime.now():%Y%m%d-%H%M%S}")
     values = load_config_file(config_file) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()} | args
     if resume is not None:
-        return resume_config(resume, values)
-    return pretrain_config(values), None
+        return (*resume_config(resume, values), None)
+    config = pretrain_config(values)
+    return dataclasses.replace(config, output=str(run_folder(config))), None, remake
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Pretrain; returns the last linear-probe and k-NN accuracies."""
-    config, resumed = resolve(argv)
-    return pretrain(config, resumed)
+    config, resumed, remake = resolve(argv)
+    metrics = pretrain(config, resumed)
+    finished = read_pretrain_checkpoint(config.output)["progress"]["epoch"] >= config.epochs
+    if remake is not None and not finished:
+        print(
+            f"not installed: the run stopped early; --resume {config.output}, then copy its weights.pt"
+        )
+    elif remake is not None:
+        target = WEIGHTS_DIR / f"{remake}.pt"
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(Path(config.output) / "weights.pt", tmp)
+        os.replace(tmp, target)
+        print(f"installed {target}")
+    return metrics
 
 
 if __name__ == "__main__":

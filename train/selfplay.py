@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--perceptual-coef", type=float, help="perceptual loss weight (0 = off) [0]")
     o.add_argument(
         "--perceptual-net",
-        help="agents | edges | vgg16[:WEIGHTS] | weights FILE or shipped name [agents]",
+        help="agents | edges | drawing | vgg16[:WEIGHTS] | weights FILE or shipped name [agents]",
     )
     o.add_argument("--perceptual-weights", type=float, nargs="+", help="per tap [all 1]")
     o.add_argument("--epochs", type=int, help=f"[{d.epochs}]")
