@@ -13,6 +13,9 @@ from agents.checkpoint import CheckpointError, Run, load_run
 from agents.config import SelfPlayConfig
 from agents.losses import game_loss, perceptual_loss
 from agents.models import Encoder, Receiver, Sender, build_agents
+from agents.perceptual import make_perceptual_net
+from agents.pretrain import PretrainConfig
+from agents.recognise import Recogniser
 from agents.trainer import evaluate, play, train_step
 
 __all__ = [
@@ -20,7 +23,9 @@ __all__ = [
     "Backbone",
     "CheckpointError",
     "Encoder",
+    "PretrainConfig",
     "Receiver",
+    "Recogniser",
     "Run",
     "SelfPlayConfig",
     "Sender",
@@ -29,6 +34,7 @@ __all__ = [
     "game_loss",
     "load_run",
     "make_backbone",
+    "make_perceptual_net",
     "perceptual_loss",
     "play",
     "train_step",

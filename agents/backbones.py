@@ -353,8 +353,9 @@ def describe_weights(info: Mapping[str, Any]) -> str:
     """One line on what made a weights file, for logs."""
     probe = info.get("probe") or {}
     scores = ", ".join(f"{k} {v:.3f}" for k, v in probe.items() if isinstance(v, float))
+    size = info.get("image_size") or ["?"]
     return (
-        f"{info.get('method')} on {info.get('dataset')} at {info.get('image_size')} px, "
+        f"{info.get('method')} on {info.get('dataset')} at {'x'.join(map(str, dict.fromkeys(size)))} px, "
         f"{info.get('backbone')} width {info.get('width')}, {info.get('epochs')} epochs, "
         f"seed {info.get('seed')}" + (f" (validation {scores})" if scores else "")
     )

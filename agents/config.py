@@ -37,8 +37,8 @@ class SelfPlayConfig:
     backbone_width: int = 32
     freeze_backbone: bool | None = None  # None: frozen when the weights are pretrained
     separate_encoders: bool = False
-    latent_size: int = 64
-    sender_hidden: list[int] = field(default_factory=lambda: [64, 256])
+    latent_size: int = 128
+    sender_hidden: list[int] = field(default_factory=lambda: [256, 512])
     receiver_hidden: list[int] = field(default_factory=lambda: [64])
     receiver_out: int = 64
     score: str = "cosine"
@@ -46,8 +46,8 @@ class SelfPlayConfig:
     # The losses
     loss: str = "hinge"
     perceptual_coef: float = 0.0
-    perceptual_net: str = "agents"
-    perceptual_weights: list[float] | None = None
+    perceptual_net: str = "drawing"
+    perceptual_weights: list[float] | None = None  # None: the network's default
     # Optimisation
     epochs: int = 6
     batch_size: int = 100
@@ -80,14 +80,19 @@ def default_sigma2(image_size: int) -> float:
 
 def config_from_dict(values: dict[str, Any]) -> SelfPlayConfig:
     """Build a config from a mapping, rejecting unknown keys and checking values."""
-    names = {f.name for f in dataclasses.fields(SelfPlayConfig)}
+    config = dataclass_from_mapping(SelfPlayConfig, values)
+    check_config(config)
+    return config
+
+
+def dataclass_from_mapping(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with keys spelt ``-`` or ``_``; unknown keys raise ``ValueError``."""
+    names = {f.name for f in dataclasses.fields(cls)}
     cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(cleaned) - names)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
-    config = SelfPlayConfig(**cleaned)
-    check_config(config)
-    return config
+    return cls(**cleaned)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

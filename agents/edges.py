@@ -70,6 +70,9 @@ class DrawingNet(nn.Module):
     def __init__(self, n_scales: int = 4) -> None:
         super().__init__()
         self.tap_index = {f"scale{k}": k for k in range(n_scales)}
+        # Finer levels weigh more: they tell a star's outline from a ring's (chosen by
+        # side-by-side runs, see the README).
+        self.default_weights = [max(1.0, 2.0 ** (n_scales - 2 - k)) for k in range(n_scales)]
 
     @property
     def tap_names(self) -> tuple[str, ...]:

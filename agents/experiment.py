@@ -7,6 +7,9 @@ saved run), so both build games and agents the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
 
 from agents.backbones import default_weights
 from agents.config import SelfPlayConfig, default_sigma2
@@ -15,6 +18,23 @@ from sketchenv.datasets import make_dataset
 from sketchenv.game import SketchGame
 
 SMALL_IMAGE_SIZE = 32  # the small backbone's default: fast on a CPU, enough for shapes
+
+
+def make_split(config: Any, split: str = "train") -> Dataset:
+    """The ``split`` of the dataset a self-play or pretraining config names, at its image
+    size (unset: 32 px for the small backbone, the dataset's own for ``vgg16``), with its
+    seed (which fixes generated images and held-out splits)."""
+    image_size = config.image_size
+    if image_size is None and config.backbone == "small":
+        image_size = SMALL_IMAGE_SIZE
+    return make_dataset(
+        config.dataset,
+        split,
+        image_size=image_size,
+        root=config.data_root,
+        download=config.download,
+        seed=config.seed,
+    )
 
 
 def make_game(
@@ -26,20 +46,10 @@ def make_game(
     Unset ``image_size``: 32 px for the small backbone, the dataset's own for ``vgg16``.
     Unset ``sigma2``: :func:`~agents.config.default_sigma2` of the image size.
     """
-    image_size = config.image_size
-    if image_size is None and config.backbone == "small":
-        image_size = SMALL_IMAGE_SIZE
-    dataset = make_dataset(
-        config.dataset,
-        split,
-        image_size=image_size,
-        root=config.data_root,
-        download=config.download,
-        seed=config.seed,
-    )
+    dataset = make_split(config, split)
     sigma2 = config.sigma2
     if sigma2 is None:
-        sigma2 = default_sigma2(image_size or min(dataset[0][0].shape[-2:]))
+        sigma2 = default_sigma2(min(dataset[0][0].shape[-2:]))
     return SketchGame(
         dataset,
         game or config.game,

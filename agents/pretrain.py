@@ -33,16 +33,23 @@ from tqdm import tqdm
 from agents.augment import AUGMENTATIONS
 from agents.backbones import BACKBONES, make_backbone, save_weights
 from agents.checkpoint import CheckpointError, save_checkpoint
+from agents.config import dataclass_from_mapping
+from agents.experiment import make_split
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from agents.runs import lr_factor, seeded_generator, stop_on_signal, write_atomic, write_csv
+from agents.runs import (
+    lr_factor,
+    seeded_generator,
+    stop_on_signal,
+    stop_reason_now,
+    write_atomic,
+    write_csv,
+)
 from agents.trainer import autocast, select_device
-from sketchenv.datasets import make_dataset
 from sketchenv.datasets.cache import ImageCache
 
 FORMAT = "sketchenv-pretrain"
 VERSION = 1
-SMALL_IMAGE_SIZE = 32
 CSV_FIELDS = ("epoch", "step", "images", "seconds", "lr", "loss", "linear_probe", "knn")
 # Keys that may change when a run is resumed (they do not change what is computed).
 RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "output", "log_every", "threads")
@@ -96,12 +103,7 @@ class PretrainConfig:
 
 def pretrain_config(values: dict[str, Any]) -> PretrainConfig:
     """A checked config from a mapping (keys may use ``-`` or ``_``)."""
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(cleaned) - names)
-    if unknown:
-        raise ValueError(f"unknown pretraining option(s) {unknown}; known: {sorted(names)}")
-    c = PretrainConfig(**cleaned)
+    c = dataclass_from_mapping(PretrainConfig, values)
     checks = [
         (c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}"),
         (c.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {c.backbone!r}"),
@@ -134,18 +136,7 @@ def run_folder(config: PretrainConfig) -> Path:
 
 def load_dataset(config: PretrainConfig, split: str) -> ImageCache:
     """A split of the config's dataset at its image size, read through an 8-bit cache."""
-    image_size = config.image_size
-    if image_size is None and config.backbone == "small":
-        image_size = SMALL_IMAGE_SIZE
-    dataset = make_dataset(
-        config.dataset,
-        split,
-        image_size=image_size,
-        root=config.data_root,
-        download=config.download,
-        seed=config.seed,
-    )
-    return ImageCache(dataset)
+    return ImageCache(make_split(config, split))
 
 
 def read_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -350,14 +341,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
     with stop_on_signal() as interrupted:
 
         def should_stop(after_step: bool = True) -> str | None:
-            """Why the run must stop now, if it must (the time budget is checked only
-            after a step, so every run makes at least one)."""
-            if interrupted["signal"]:
-                return interrupted["signal"]
-            if config.max_steps is not None and step >= config.max_steps:
-                return "max_steps"
-            out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
-            return "time_budget" if after_step and out_of_time else None
+            return stop_reason_now(interrupted, config, step, start_time, after_step)
 
         while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             modules.train()

@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +54,21 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     if schedule == "constant":
         return warm
     return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def stop_reason_now(
+    interrupted: dict, config: Any, step: int, start_time: float, after_step: bool = True
+) -> str | None:
+    """Why a training loop must stop now, if it must: a signal (``stop_on_signal``'s
+    flag), ``config.max_steps`` reached, or ``config.time_budget`` seconds since
+    ``start_time`` (``time.monotonic()``) spent; the budget is checked only
+    ``after_step``, so every run makes at least one step."""
+    if interrupted["signal"]:
+        return interrupted["signal"]
+    if config.max_steps is not None and step >= config.max_steps:
+        return "max_steps"
+    out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
+    return "time_budget" if after_step and out_of_time else None
 
 
 @contextmanager

@@ -279,8 +279,9 @@ def test_shared_encoder_reuses_candidate_features_exactly():
 
 
 def tiny_checkpoint(path, **config_changes):
+    paper_heads = {"latent_size": 64, "sender_hidden": [64, 256]}  # build_agents' defaults
     config = SelfPlayConfig(
-        dataset="shapes", image_size=16, lines=4, backbone_width=8, **config_changes
+        dataset="shapes", image_size=16, lines=4, backbone_width=8, **paper_heads, **config_changes
     )
     sender, receiver = tiny_agents(n_lines=config.lines)
     game = {"image_size": [16, 16], "game": "original", "n_lines": config.lines}

@@ -313,7 +313,8 @@ def test_every_shipped_file_records_exactly_its_recipe(name):
         if key not in (*pretraining.RESUMABLE, "output"):
             assert getattr(made, key) == getattr(recipe, key), (name, key)
     assert info["epochs"] == recipe.epochs and info["image_size"] == [recipe.image_size] * 2
-    assert info["probe"]["linear_probe"] > 0.9
+    # Visual systems name photos well; recognisers trade some of that for line drawings.
+    assert info["probe"]["linear_probe"] > (0.6 if "recogniser" in name else 0.9)
     if "recogniser" in name:  # never the agents' own visual system
         agents = name.replace("recogniser", "supervised")
         if agents in shipped():

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import train.selfplay as selfplay
+from agents.backbones import make_backbone, save_weights
 from agents.checkpoint import load_run, read_checkpoint
 
 
@@ -52,7 +53,7 @@ def test_run_directory_holds_config_logs_grids_and_checkpoints(folder, tmp_path)
     run_dir = tmp_path / "run"
     assert 0 <= metrics["comm_rate"] <= 1 and metrics["games"] == 8
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["config"]["lines"] == 4 and saved["config"]["perceptual_weights"] == [1.0] * 5
+    assert saved["config"]["lines"] == 4 and saved["config"]["perceptual_weights"] is None
     assert saved["game"]["n_candidates"] == 4 and saved["derived"]["steps_per_epoch"] == 3
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [3, 6]
@@ -137,7 +138,8 @@ def test_every_agent_and_loss_option_runs(folder, tmp_path):
     args = tiny_args(folder, tmp_path / "run", "--game", "oo-different", "--n-distractors", "2")
     args += [
         "--separate-encoders", "--freeze-backbone", "--loss", "ce", "--score", "dot",
-        "--perceptual-coef", "0.5", "--perceptual-weights", "0", "0", "1", "0", "1",
+        "--perceptual-coef", "0.5", "--perceptual-net", "agents",
+        "--perceptual-weights", "0", "0", "1", "0", "1",
         "--lr-schedule", "constant", "--weight-decay", "0.01", "--latent-size", "16",
         "--sender-hidden", "8", "--receiver-hidden", "8", "8", "--receiver-out", "4",
         "--no-invert", "--time-budget", "0.001",
@@ -148,8 +150,42 @@ def test_every_agent_and_loss_option_runs(folder, tmp_path):
     assert run.config.separate_encoders and run.sender.encoder is not run.receiver.encoder
     assert run.game["game"] == "oo-different" and run.game["invert"] is False
     assert run.progress["step"] == 1  # the time budget stopped it after one step
-    with pytest.raises(ValueError, match="needs 5 values"):
-        selfplay.main(tiny_args(folder, tmp_path / "bad", "--perceptual-weights", "1", "1"))
+    with pytest.raises(ValueError, match="needs 4 values"):  # the drawing network's levels
+        args = tiny_args(folder, tmp_path / "bad", "--perceptual-weights", "1", "1")
+        selfplay.main([*args, "--perceptual-coef", "1"])
+
+
+def test_pretrained_weights_and_perceptual_network_options(folder, tmp_path):
+    torch.manual_seed(5)
+    pretrained = make_backbone("small", "none", width=4)
+    info = {"method": "simclr", "dataset": "x", "image_size": [16, 16], "width": 4}
+    save_weights(tmp_path / "w.pt", pretrained, info)
+    args = tiny_args(folder, tmp_path / "run", "--weights", str(tmp_path / "w.pt"))
+    args += ["--perceptual-coef", "1", "--perceptual-net", "drawing", "--max-steps", "2"]
+    selfplay.main(args)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["perceptual_net"] == "drawing" and saved["perceptual_weights"] == [
+        4.0,
+        2.0,
+        1.0,
+        1.0,
+    ]
+    assert saved["freeze_backbone"] is True  # pretrained weights are frozen by default
+    run = load_run(tmp_path / "run", which="last")
+    for key, value in pretrained.features.state_dict().items():  # frozen: unchanged
+        assert torch.equal(run.sender.encoder.backbone.features.state_dict()[key], value)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert float(rows[-1]["train_loss"]) > 0
+    with pytest.raises(ValueError, match=r"width 4 \(here 8\)"):
+        selfplay.main(
+            tiny_args(
+                folder, tmp_path / "b", "--weights", str(tmp_path / "w.pt"), "--backbone-width", "8"
+            )
+        )
+    with pytest.raises(ValueError, match="unknown --perceptual-net"):
+        selfplay.main(
+            tiny_args(folder, tmp_path / "c", "--perceptual-coef", "1", "--perceptual-net", "lpips")
+        )
 
 
 @pytest.mark.slow

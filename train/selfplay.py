@@ -47,7 +47,14 @@ from agents.config import (
 )
 from agents.experiment import fill_defaults, make_agents, make_game
 from agents.perceptual import make_perceptual_net
-from agents.runs import lr_factor, seeded_generator, stop_on_signal, write_atomic, write_csv
+from agents.runs import (
+    lr_factor,
+    seeded_generator,
+    stop_on_signal,
+    stop_reason_now,
+    write_atomic,
+    write_csv,
+)
 from agents.trainer import Outcome, evaluate, select_device, train_step
 from sketchenv.game import GameBatch, SketchGame
 
@@ -114,9 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--perceptual-coef", type=float, help="perceptual loss weight (0 = off) [0]")
     o.add_argument(
         "--perceptual-net",
-        help="agents | edges | drawing | vgg16[:WEIGHTS] | weights FILE or shipped name [agents]",
+        help="drawing | edges | agents | vgg16[:WEIGHTS] | weights FILE or shipped name [drawing]",
     )
-    o.add_argument("--perceptual-weights", type=float, nargs="+", help="per tap [all 1]")
+    o.add_argument(
+        "--perceptual-weights",
+        type=float,
+        nargs="+",
+        help="per tap of the perceptual network [drawing: 4 2 1 1; others: all 1]",
+    )
     o.add_argument("--epochs", type=int, help=f"[{d.epochs}]")
     o.add_argument("--batch-size", type=int, help=f"games per step [{d.batch_size}]")
     o.add_argument("--lr", type=float, help=f"[{d.lr}]")
@@ -210,19 +222,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     params = [p for p in agents.parameters() if p.requires_grad]
     if sender.encoder.backbone.weights_info:
         print(f"backbone weights: {describe_weights(sender.encoder.backbone.weights_info)}")
-    perceptual_net = None
+    perceptual_net = None  # the perceptual loss's network, and the weight of each tap
     if config.perceptual_coef > 0:
         perceptual_net = make_perceptual_net(
             config.perceptual_net, sender.encoder.backbone, train_game.image_size
         ).to(device)
-    taps = (perceptual_net or sender.encoder.backbone).tap_names
-    if config.perceptual_weights is None:
-        config = config.replace(perceptual_weights=[1.0] * len(taps))
-    if len(config.perceptual_weights) != len(taps):
-        raise ValueError(
-            f"--perceptual-weights needs {len(taps)} values for the perceptual network "
-            f"{config.perceptual_net!r} (taps {list(taps)}), got {config.perceptual_weights}"
-        )
+        taps = perceptual_net.tap_names
+        if config.perceptual_weights is None:
+            defaults = getattr(perceptual_net, "default_weights", [1.0] * len(taps))
+            config = config.replace(perceptual_weights=list(defaults))
+        if len(config.perceptual_weights) != len(taps):
+            raise ValueError(
+                f"--perceptual-weights needs {len(taps)} values for the perceptual network "
+                f"{config.perceptual_net!r} (taps {list(taps)}), got {config.perceptual_weights}"
+            )
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.lr_schedule)
@@ -331,12 +344,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with stop_on_signal() as interrupted:
 
         def should_stop(after_step: bool = True) -> str | None:
-            if interrupted["signal"]:
-                return interrupted["signal"]
-            if config.max_steps is not None and step >= config.max_steps:
-                return "max_steps"
-            out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
-            return "time_budget" if after_step and out_of_time else None
+            return stop_reason_now(interrupted, config, step, start_time, after_step)
 
         while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             agents.train()
