@@ -333,3 +333,17 @@ def test_remake_follows_the_recipe_and_installs_only_a_finished_run(tmp_path):
     assert (WEIGHTS_DIR / f"{name}.pt").read_bytes() == before  # stopped early: not installed
     with pytest.raises(ValueError, match="no shipped weights called 'nope'"):
         main(["--remake", "nope"])
+
+
+def test_vgg16_pretrains_and_its_weights_feed_self_play(folder, tmp_path):
+    """VGG16 (ImageNet input statistics, as its consumers feed it) through the same loop,
+    and its weights file as the agents' encoder."""
+    out = tmp_path / "vgg"
+    main(tiny(folder, out, "--backbone", "vgg16", "--max-steps", "1", "--batch-size", "8"))
+    _, info = read_weights(str(out / "weights.pt"))
+    assert info["backbone"] == "vgg16" and info["normalisation"] == "imagenet"
+    assert info["width"] is None and info["image_size"] == [16, 16]
+    backbone = make_backbone("vgg16", str(out / "weights.pt"), image_size=16)
+    assert backbone.normalisation == "imagenet" and backbone.weights_info["method"] == "supervised"
+    with pytest.raises(ValueError, match="backbone vgg16"):
+        make_backbone("small", str(out / "weights.pt"), width=8, image_size=16)
