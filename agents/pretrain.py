@@ -159,9 +159,11 @@ def read_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def resume_config(path: str | Path, changes: dict[str, Any]) -> tuple[PretrainConfig, dict]:
-    """The config of the run at ``path`` with run-control ``changes``; refuses others."""
+    """The config of the run at ``path`` with run-control ``changes``; refuses others. The
+    run continues in the folder it is read from (even if it was moved or copied there)."""
     payload = read_pretrain_checkpoint(path)
     saved = payload["config"]
+    changes = {"output": str(Path(payload["path"]).parent), **changes}
     changed = sorted(k for k, v in changes.items() if k not in RESUMABLE and saved.get(k) != v)
     if changed:
         raise ValueError(

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import pickle
+import shutil
 import signal
 
 import numpy as np
@@ -264,14 +265,16 @@ def test_sigterm_then_resume_gives_the_same_weights_as_one_run(folder, tmp_path,
     main(tiny(folder, tmp_path / "split", "--method", "barlow"))
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert pretraining.read_pretrain_checkpoint(tmp_path / "split")["progress"]["step"] == 4
-    main(["--resume", str(tmp_path / "split")])
+    shutil.move(tmp_path / "split", tmp_path / "moved")  # a run folder continues where it is
+    main(["--resume", str(tmp_path / "moved")])
+    assert not (tmp_path / "split").exists()
     straight = pretraining.read_pretrain_checkpoint(tmp_path / "straight")["modules"]
-    resumed = pretraining.read_pretrain_checkpoint(tmp_path / "split")["modules"]
+    resumed = pretraining.read_pretrain_checkpoint(tmp_path / "moved")["modules"]
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     with pytest.raises(ValueError, match=r"\['lr'\] cannot change"):
-        main(["--resume", str(tmp_path / "split"), "--lr", "1"])
+        main(["--resume", str(tmp_path / "moved"), "--lr", "1"])
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 
 import numpy as np
@@ -87,13 +88,18 @@ def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path, monkeypat
     assert stopped["progress"] == {"epoch": 0, "batch": 2, "step": 2}
     assert not (tmp_path / "split" / "best.pt").exists()  # no validation when interrupted
 
-    selfplay.main(["--resume", str(tmp_path / "split")])
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    shutil.move(tmp_path / "split", tmp_path / "moved")  # a run folder continues where it is
+    selfplay.main(["--resume", str(tmp_path / "moved")])
+    assert not (tmp_path / "split").exists()
+    assert json.loads((tmp_path / "moved" / "config.json").read_text())["config"]["output"] == str(
+        tmp_path / "moved"
+    )
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "moved")
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     a = read_checkpoint(tmp_path / "straight", which="last")["optimizer"]["state"]
-    b = read_checkpoint(tmp_path / "split", which="last")["optimizer"]["state"]
+    b = read_checkpoint(tmp_path / "moved", which="last")["optimizer"]["state"]
     assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
 
 

@@ -166,6 +166,7 @@ def resolve_config(argv: Sequence[str] | None) -> tuple[SelfPlayConfig, dict | N
         return config, None
     payload = read_checkpoint(resume, which="last")
     saved = payload["config"]
+    values = {"output": str(Path(payload["path"]).parent), **values}  # where it is now
     changed = sorted(
         k for k, v in values.items() if k not in RESUMABLE_OVERRIDES and saved.get(k) != v
     )
