@@ -28,7 +28,7 @@ from torch import nn
 from agents.augment import AUGMENTATIONS
 from agents.backbones import make_backbone
 from agents.config import SelfPlayConfig
-from agents.edges import EdgeNet
+from agents.edges import DrawingNet, EdgeNet
 from agents.experiment import make_agents, make_game
 from agents.losses import perceptual_loss
 from agents.methods import METHODS, make_method, pool
@@ -72,7 +72,7 @@ def pretraining_step(method: str, size: int, batch: int = 64) -> Callable[[], No
 def perceptual_step(net: nn.Module, size: int, n: int = 100) -> Callable[[], None]:
     """The perceptual loss of ``n`` sketches against ``n`` images, forward and backward."""
     images = make_dataset("shapes", image_size=size).images(torch.arange(n)).float()
-    weights = [1.0] * len(net.tap_names)
+    weights = list(getattr(net, "default_weights", [1.0] * len(net.tap_names)))
 
     def step() -> None:
         sketches = torch.rand(n, 3, size, size, requires_grad=True)
@@ -125,6 +125,7 @@ def main() -> None:
     )
     nets = {
         "agents / weights file": make_backbone("small", "none", width=32),
+        "drawing (no weights)": DrawingNet(),
         "edges (no weights)": EdgeNet(),
         "vgg16": make_backbone("vgg16", "none"),
     }
