@@ -4,7 +4,8 @@
     nice -n 10 python benchmarks/train.py --steps 5 --perceptual --threads 1 2
 
 Configurations (batch 100 games = one block of 100 candidates, original game, 20 strokes):
-- default: ``python -m train.selfplay`` with no arguments (shapes 32 px, small backbone);
+- default: ``python -m train.selfplay`` with no arguments (shapes 32 px, small backbone with
+  the shipped visual system, frozen);
 - paper: VGG16 features up to relu5_3, frozen, 96 px, dot-product scores, Adam lr 1e-4.
   The weights are random: ImageNet weights cannot be downloaded here, and the time of a
   step does not depend on their values. 96 px ``shapes`` images stand in for STL-10;
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from agents.config import SelfPlayConfig
-from agents.experiment import make_agents, make_game
+from agents.experiment import fill_defaults, make_agents, make_game
 from agents.losses import perceptual_loss
 from agents.trainer import train_step
 
@@ -93,6 +94,7 @@ def benchmark(config: SelfPlayConfig, steps: int) -> dict[str, Timing | int]:
     """Time a training step of ``config`` and its parts; returns name -> Timing."""
     torch.manual_seed(0)
     game = make_game(config, "train")
+    config = fill_defaults(config, game)  # as train.selfplay: the shipped visual system, frozen
     blocks = max(1, config.batch_size // game.n_candidates)
     print(
         f"{config.backbone} ({config.weights or 'default'} weights, frozen="
@@ -105,7 +107,9 @@ def benchmark(config: SelfPlayConfig, steps: int) -> dict[str, Timing | int]:
     batches = []
     data = measure(lambda: batches.append(game.sample(blocks, generator)), steps + 1)
 
-    sender, receiver = make_agents(config, game.image_size, load_weights=False)
+    sender, receiver = make_agents(
+        config, game.image_size, load_weights=config.weights != "imagenet"
+    )
     agents = nn.ModuleDict({"sender": sender, "receiver": receiver}).train()
     params = [p for p in agents.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
