@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from agents.backbones import default_weights
+from agents.backbones import default_weights, describe_weights, read_weights
 from agents.checkpoint import CheckpointError, load_run, read_checkpoint
 from agents.config import (
     RESUMABLE_OVERRIDES,
@@ -414,7 +414,7 @@ def run_table(
                 "command to resume it"
             )
         rows[run.name] = summarise(config, evaluate(config, eval_games))
-    results_md = results_markdown(table, runs, configs, rows, scale)
+    results_md = results_markdown(table, runs, configs, rows, scale, pretrained)
     write_atomic(folder / "results.md", results_md)
     summary = {
         "table": name,
@@ -474,18 +474,23 @@ def results_markdown(
     configs: dict[str, SelfPlayConfig],
     rows: dict[str, dict[str, Any]],
     scale: str,
+    pretrained: dict[str, str] | None = None,
 ) -> str:
     """A Markdown table: one row per run (see :func:`summarise`), the paper's
-    communication rate beside ours."""
+    communication rate beside ours; ``pretrained`` (name -> weights file) adds a line on
+    what each of the table's pretrained visual systems learned."""
     first = configs[runs[0].name]
     epochs = f"{first.epochs} epoch{'s' if first.epochs != 1 else ''}"
     filled = _with_defaults(first.to_dict())
     weights = filled["weights"]
+    systems = len({rows[run.name].get("visual_system") for run in runs}) > 1
     backbone = f"backbone `{first.backbone}` (" + (
         "from scratch)" if weights == "none" else f"{weights} weights"
     )
     if weights != "none":
         backbone += ", frozen)" if filled["freeze_backbone"] else ", fine-tuned)"
+    if systems:
+        backbone = f"backbone `{first.backbone}` (the visual system of each row)"
     if scale == "smoke":
         lines = [
             f"## {table.title}: smoke scale",
@@ -504,7 +509,6 @@ def results_markdown(
             f"{epochs}.",
             "",
         ]
-    systems = len({rows[run.name].get("visual_system") for run in runs}) > 1
     recognised = any(rows[run.name].get("recognisability") is not None for run in runs)
     head = ["run", "setting", "game", "chance", "paper", "ours", "ours, class rate"]
     head += ["visual system"] * systems + ["recognisability (chance)"] * recognised
@@ -530,6 +534,9 @@ def results_markdown(
         cells.append(f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {run.name}: {run.note}" for run in runs if run.note]
+    for name, path in (pretrained or {}).items():
+        _, info = read_weights(path)
+        notes.append(f"- visual system `pretrain-{name}`: {describe_weights(info)}")
     lines += ["", *notes, *([""] if notes else [])]
     lines += [
         f"Paper: {table.source}. Ours: communication rate on the {EVAL_SPLIT} split "
