@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         help="imagenet | stylized:PATH_OR_URL | none | FILE_OR_URL | shipped name "
         "[imagenet for vgg16; for small, the shipped visual system of the dataset at this "
-        "size and width when there is one (shapes at 32 px), else none]",
+        "size and width when there is one (shapes at 32 and 64 px), else none]",
     )
     a.add_argument(
         "--backbone-width", type=int, help=f"small backbone channels [{d.backbone_width}]"
