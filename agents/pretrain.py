@@ -21,14 +21,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from agents.augment import AUGMENTATIONS
 from agents.backbones import BACKBONES, make_backbone, save_weights
@@ -38,6 +36,7 @@ from agents.experiment import make_split
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
+    epoch_bar,
     lr_factor,
     seeded_generator,
     stop_on_signal,
@@ -350,14 +349,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
             order = torch.randperm(len(train), generator=seeded_generator(config.seed, epoch))
             batches = order[: steps_per_epoch * config.batch_size].view(steps_per_epoch, -1)
             loss_sum, n_steps = 0.0, 0
-            bar = tqdm(
-                islice(batches, batch_start, None),
-                total=steps_per_epoch,
-                initial=batch_start,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=None,
-                dynamic_ncols=True,
-            )
+            bar = epoch_bar(batches, batch_start, steps_per_epoch, epoch, config.epochs)
             for ids in bar:
                 images = train.images(ids)
                 if device.type == "cuda":
@@ -368,6 +360,11 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
                 views = [augment(images, views_rng) for _ in range(method.n_views)]
                 with autocast(device, use_amp):
                     loss = method([pool(backbone(v)).float() for v in views], labels)
+                if not math.isfinite(loss.item()):  # before the step: last.pt stays sound
+                    raise FloatingPointError(
+                        f"the {config.method} loss became {loss.item()} at step {step}: "
+                        "lower --lr or keep --grad-clip on"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -377,11 +374,6 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(
-                        f"the {config.method} loss became {loss.item()} at step {step}: "
-                        "lower --lr or keep --grad-clip on"
-                    )
                 step, batch_start, n_steps = step + 1, batch_start + 1, n_steps + 1
                 loss_sum += loss.item()
                 bar.set_postfix(loss=f"{loss.item():.3f}")

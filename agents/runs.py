@@ -15,13 +15,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -54,6 +56,19 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     if schedule == "constant":
         return warm
     return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def epoch_bar(batches: Iterable, start: int, total: int, epoch: int, epochs: int) -> tqdm:
+    """A progress bar over an epoch's ``batches`` from batch ``start`` on (a resumed run
+    skips what it already did); silent when the output is not a terminal."""
+    return tqdm(
+        islice(batches, start, None),
+        total=total,
+        initial=start,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=None,
+        dynamic_ncols=True,
+    )
 
 
 def stop_reason_now(

@@ -22,14 +22,12 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
-from tqdm import tqdm
 
 from agents.backbones import describe_weights
 from agents.checkpoint import (
@@ -48,6 +46,7 @@ from agents.config import (
 from agents.experiment import fill_defaults, make_agents, make_game
 from agents.perceptual import make_perceptual_net
 from agents.runs import (
+    epoch_bar,
     lr_factor,
     seeded_generator,
     stop_on_signal,
@@ -352,14 +351,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             batches = train_game.epoch(blocks_per_batch, seeded_generator(config.seed, epoch))
             sums = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
             n_steps, window = 0, []
-            bar = tqdm(
-                islice(batches, batch_start, None),
-                total=steps_per_epoch,
-                initial=batch_start,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=None,
-                dynamic_ncols=True,
-            )
+            bar = epoch_bar(batches, batch_start, steps_per_epoch, epoch, config.epochs)
             for batch in bar:
                 batch = batch.to(device, non_blocking=device.type == "cuda")
                 _, stats = train_step(
