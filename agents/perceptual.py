@@ -39,7 +39,12 @@ def make_perceptual_net(
     if spec in FIXED_NETS:
         net: nn.Module = FIXED_NETS[spec]()
     elif spec == "vgg16" or spec.startswith("vgg16:"):
-        net = make_backbone("vgg16", spec.partition(":")[2] or "imagenet")
+        try:
+            net = make_backbone("vgg16", spec.partition(":")[2] or "imagenet")
+        except RuntimeError as err:  # ImageNet weights offline: say how to pass a file here
+            raise RuntimeError(
+                f"{err}; for the perceptual loss: --perceptual-net vgg16:/path/to/vgg16-397923af.pth"
+            ) from err
     else:
         path = resolve_weights(spec)
         if path is None:

@@ -3,6 +3,8 @@ the fixed edge network reads outlines, not colours."""
 
 from __future__ import annotations
 
+import urllib.error
+
 import pytest
 import torch
 import torchvision
@@ -45,7 +47,7 @@ def test_gradients_reach_the_strokes_and_not_the_network(spec, weight_files):
     assert all(p.grad is None for p in agents_backbone.parameters())
 
 
-def test_perceptual_net_choices_are_checked(weight_files):
+def test_perceptual_net_choices_are_checked(weight_files, monkeypatch):
     backbone = make_backbone("small", "none", width=4)
     assert make_perceptual_net("agents", backbone, (32, 32)) is backbone
     assert isinstance(make_perceptual_net("edges", backbone, (32, 32)), EdgeNet)
@@ -55,6 +57,13 @@ def test_perceptual_net_choices_are_checked(weight_files):
         make_perceptual_net(weight_files["vgg"], backbone, (32, 32))
     with pytest.raises(ValueError, match="image_size"):
         make_perceptual_net(weight_files["small"], backbone, (64, 64))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="--perceptual-net vgg16:/path/to/vgg16"):
+        make_perceptual_net("vgg16", backbone, (32, 32))
 
 
 def test_edge_network_sees_outlines_whatever_their_colour_and_polarity():

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -408,4 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as error:
+        sys.exit(f"python -m train.selfplay: error: {error}")
