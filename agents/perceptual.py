@@ -63,3 +63,9 @@ def make_perceptual_net(
         )
     net.requires_grad_(False)
     return net.eval()
+
+
+def default_tap_weights(net: nn.Module) -> list[float]:
+    """The weight of each of ``net``'s taps when ``--perceptual-weights`` is unset: the
+    network's own ``default_weights`` if it has them (``drawing``), else 1 each."""
+    return list(getattr(net, "default_weights", [1.0] * len(net.tap_names)))

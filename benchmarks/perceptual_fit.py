@@ -21,8 +21,10 @@ import torch
 from torchvision.utils import save_image
 
 from agents.backbones import make_backbone
+from agents.config import default_sigma2
 from agents.edges import DrawingNet, EdgeNet, line_drawing
 from agents.losses import perceptual_loss
+from agents.perceptual import default_tap_weights
 from agents.recognise import Recogniser
 from sketchenv.datasets import make_dataset
 from sketchenv.raster import render_strokes, to_rgb
@@ -55,14 +57,13 @@ def main() -> None:
     data = make_dataset("shapes", "val", image_size=args.size)
     images = data.images(torch.arange(args.images)).float()
     labels = torch.as_tensor(data.labels[: args.images])
-    sigma2 = 5e-4 * (96 / args.size) ** 2
+    sigma2 = default_sigma2(args.size)
     recogniser = Recogniser(f"shapes-recogniser-{args.size}", (args.size, args.size), data.classes)
     nets = {
-        "drawing": (DrawingNet(), DrawingNet().default_weights),
-        "edges": (EdgeNet(), [1.0] * 4),
-        f"shapes-supervised-{args.size}": (
-            make_backbone("small", f"shapes-supervised-{args.size}", image_size=args.size),
-            [1.0] * 5,
+        "drawing": DrawingNet(),
+        "edges": EdgeNet(),
+        f"shapes-supervised-{args.size}": make_backbone(
+            "small", f"shapes-supervised-{args.size}", image_size=args.size
         ),
     }
     rows = [images[:12], line_drawing(images[:12])]
@@ -71,8 +72,9 @@ def main() -> None:
     with torch.no_grad():
         base = (recogniser(line_drawing(images)) == labels).float().mean().item()
     print(f"{'(line drawings)':<24} {'':>10} {base:>11.3f} {'':>8}")
-    for name, (net, weights) in nets.items():
+    for name, net in nets.items():
         net.requires_grad_(False).eval()
+        weights = default_tap_weights(net)
         start = time.perf_counter()
         strokes = fit(net, images, weights, args.steps, sigma2)
         seconds = time.perf_counter() - start

@@ -32,6 +32,7 @@ from agents.edges import DrawingNet, EdgeNet
 from agents.experiment import make_agents, make_game
 from agents.losses import perceptual_loss
 from agents.methods import METHODS, make_method, pool
+from agents.perceptual import default_tap_weights
 from agents.trainer import train_step
 from sketchenv.datasets import make_dataset
 
@@ -72,7 +73,7 @@ def pretraining_step(method: str, size: int, batch: int = 64) -> Callable[[], No
 def perceptual_step(net: nn.Module, size: int, n: int = 100) -> Callable[[], None]:
     """The perceptual loss of ``n`` sketches against ``n`` images, forward and backward."""
     images = make_dataset("shapes", image_size=size).images(torch.arange(n)).float()
-    weights = list(getattr(net, "default_weights", [1.0] * len(net.tap_names)))
+    weights = default_tap_weights(net)
 
     def step() -> None:
         sketches = torch.rand(n, 3, size, size, requires_grad=True)

@@ -484,13 +484,15 @@ def results_markdown(
     filled = _with_defaults(first.to_dict())
     weights = filled["weights"]
     systems = len({rows[run.name].get("visual_system") for run in runs}) > 1
-    backbone = f"backbone `{first.backbone}` (" + (
-        "from scratch)" if weights == "none" else f"{weights} weights"
-    )
-    if weights != "none":
-        backbone += ", frozen)" if filled["freeze_backbone"] else ", fine-tuned)"
     if systems:
-        backbone = f"backbone `{first.backbone}` (the visual system of each row)"
+        visual_system = "the visual system of each row"
+    elif weights == "none":
+        visual_system = "from scratch"
+    else:
+        visual_system = f"{weights} weights, " + (
+            "frozen" if filled["freeze_backbone"] else "fine-tuned"
+        )
+    backbone = f"backbone `{first.backbone}` ({visual_system})"
     if scale == "smoke":
         lines = [
             f"## {table.title}: smoke scale",

@@ -45,7 +45,7 @@ from agents.config import (
     load_config_file,
 )
 from agents.experiment import fill_defaults, make_agents, make_game
-from agents.perceptual import make_perceptual_net
+from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
     epoch_bar,
     lr_factor,
@@ -230,8 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ).to(device)
         taps = perceptual_net.tap_names
         if config.perceptual_weights is None:
-            defaults = getattr(perceptual_net, "default_weights", [1.0] * len(taps))
-            config = config.replace(perceptual_weights=list(defaults))
+            config = config.replace(perceptual_weights=default_tap_weights(perceptual_net))
         if len(config.perceptual_weights) != len(taps):
             raise ValueError(
                 f"--perceptual-weights needs {len(taps)} values for the perceptual network "
