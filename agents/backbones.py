@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import pickle
-import tempfile
 import urllib.error
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from agents.files import load_torch, save_torch
 from agents.zoo import resolve_weights, shipped
 
 BACKBONES = ("small", "vgg16")
@@ -225,15 +224,26 @@ def read_weights(spec: str) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     return state["features"], info
 
 
+def download(url: str) -> Path:
+    """The copy of ``url`` in torch hub's cache, downloaded first if missing. A hash in the
+    file name (``name-<sha256 prefix>.ext``, as torchvision publishes) is checked."""
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        published = torch.hub.HASH_REGEX.search(file.name)
+        torch.hub.download_url_to_file(url, str(file), published and published.group(1))
+    return file
+
+
 def read_state_dict(spec: str) -> dict[str, Any]:
     """Read the dict stored for ``spec``: ``imagenet``, ``stylized:PATH_OR_URL``, a file or URL."""
     if spec == "imagenet":
         weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
         try:
-            return weights.get_state_dict(progress=True)
+            return load_torch(download(weights.url), "ImageNet VGG16 weights")
         except (urllib.error.URLError, OSError) as err:
             cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise RuntimeError(
+            raise ConnectionError(
                 f"could not download the ImageNet VGG16 weights from {weights.url} ({err}). "
                 f"Offline: fetch that file elsewhere and either copy it to {cache} or pass "
                 "its path with --weights /path/to/vgg16-397923af.pth"
@@ -246,30 +256,14 @@ def read_state_dict(spec: str) -> dict[str, Any]:
         )
     if spec.startswith("stylized:"):
         spec = spec.removeprefix("stylized:")
-    if spec.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(
-            spec, map_location="cpu", progress=True, weights_only=True
-        )
-    path = resolve_weights(spec)
+    path = download(spec) if spec.startswith(("http://", "https://")) else resolve_weights(spec)
     if path is None:
         raise FileNotFoundError(
             f"weights file {spec!r} not found; --weights takes imagenet, stylized:PATH_OR_URL, "
             f"none, a shipped name ({', '.join(shipped()) or 'none shipped'}), or a "
             "state-dict file or URL"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"weights file {spec!r} holds Python objects other than tensors and plain data, "
-            "which sketchenv does not load (they could run code); save a plain state dict "
-            "(torch.save(model.state_dict(), path))"
-        ) from err
-    except Exception as err:
-        raise ValueError(
-            f"could not read weights file {spec!r} (corrupt, truncated or not a torch "
-            f"file?): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
+    state = load_torch(path, "weights file")
     if not isinstance(state, Mapping):
         raise ValueError(f"weights file {spec!r} holds a {type(state).__name__}, not a state dict")
     return dict(state)
@@ -292,16 +286,7 @@ def save_weights(
         "features": {k: v.detach().cpu() for k, v in backbone.features.state_dict().items()},
         "classifier": None if classifier is None else {k: v.cpu() for k, v in classifier.items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch(path, payload)
 
 
 def read_classifier(

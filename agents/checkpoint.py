@@ -5,6 +5,7 @@ state, for ``--resume``) and ``best.pt`` (the best validation communication rate
 one ``torch.save`` dict::
 
     format, version      "sketchenv-selfplay", 1
+    sha256               digest of everything else, checked on load (agents.files)
     config               SelfPlayConfig as a dict (resolved: nothing left to defaults)
     game                 settings of the game it was trained on (see ``game_settings``)
     sender, receiver     state dicts (with a shared encoder its weights appear in both)
@@ -20,8 +21,6 @@ Load a trained pair with :func:`load_run`::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from agents.config import SelfPlayConfig, config_from_dict
 from agents.experiment import make_agents, make_game
+from agents.files import CorruptFileError, load_torch, save_torch
 from agents.models import Receiver, Sender
 from sketchenv.game import SketchGame
 
@@ -60,20 +60,9 @@ def game_settings(game: SketchGame) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place,
-    so an interrupted write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a checkpoint atomically, with the SHA-256 of its content (see
+    :mod:`agents.files`), so neither a kill during the write nor later damage goes unseen."""
+    save_torch(path, {"format": FORMAT, "version": VERSION, **payload})
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -95,12 +84,9 @@ def read_checkpoint(path: str | Path, which: str = "best") -> dict[str, Any]:
     """Read and check a checkpoint (file or run directory) onto the CPU."""
     file = find_checkpoint(path, which)
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{file} is not a readable checkpoint (corrupt or truncated?): "
-            f"{type(err).__name__}: {err}"
-        ) from err
+        payload = load_torch(file, "checkpoint")
+    except CorruptFileError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{file} is not a sketchenv self-play checkpoint (no format={FORMAT!r} entry); "

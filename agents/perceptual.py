@@ -41,8 +41,8 @@ def make_perceptual_net(
     elif spec == "vgg16" or spec.startswith("vgg16:"):
         try:
             net = make_backbone("vgg16", spec.partition(":")[2] or "imagenet")
-        except RuntimeError as err:  # ImageNet weights offline: say how to pass a file here
-            raise RuntimeError(
+        except ConnectionError as err:  # ImageNet weights offline: say how to pass a file here
+            raise ConnectionError(
                 f"{err}; for the perceptual loss: --perceptual-net vgg16:/path/to/vgg16-397923af.pth"
             ) from err
     else:

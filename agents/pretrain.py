@@ -33,6 +33,7 @@ from agents.backbones import BACKBONES, make_backbone, save_weights
 from agents.checkpoint import CheckpointError, save_checkpoint
 from agents.config import dataclass_from_mapping
 from agents.experiment import make_split
+from agents.files import CorruptFileError, load_torch, write_atomic
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
@@ -41,7 +42,6 @@ from agents.runs import (
     seeded_generator,
     stop_on_signal,
     stop_reason_now,
-    write_atomic,
     write_csv,
 )
 from agents.trainer import autocast, select_device
@@ -144,11 +144,9 @@ def read_pretrain_checkpoint(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"no pretraining checkpoint at {file} (give a run dir or last.pt)")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{file} is not a readable checkpoint (corrupt or truncated?): {err}"
-        ) from err
+        payload = load_torch(file, "pretraining checkpoint")
+    except CorruptFileError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a pretraining checkpoint of python -m train.pretrain")
     if payload.get("version") != VERSION:

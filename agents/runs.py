@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import signal
 import sys
 import threading
@@ -25,13 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from agents.files import write_atomic
 
 
 def write_csv(path: str | Path, rows: list[dict], fields: Sequence[str]) -> None:

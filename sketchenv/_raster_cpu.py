@@ -377,6 +377,8 @@ def load() -> tuple[ctypes.CDLL | None, str]:
             _library = library
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
             _load_error = str(error)
+        except AttributeError as error:  # a library without the kernel's entry points
+            _load_error = f"the cached kernel library lacks its entry points ({error})"
     if _library is not None:
         return _library, "compiled C++ CPU kernel"
     return None, f"compiled CPU kernel unavailable ({_load_error})"
@@ -402,6 +404,20 @@ def _cpu_signature() -> str:
     return "\n".join(sorted({line for line in lines if line.startswith(keys)}))
 
 
+def _digest_path(library: Path) -> Path:
+    return library.with_suffix(".sha256")
+
+
+def _verified(library: Path) -> bool:
+    """Whether ``library`` is whole: its SHA-256 equals the one recorded when it was built
+    (a truncated or overwritten file would crash the process when loaded)."""
+    try:
+        recorded = _digest_path(library).read_text().strip()
+        return hashlib.sha256(library.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
+
+
 def _build() -> Path:
     """Path of the compiled kernel, compiling it into the cache first if needed."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
@@ -416,7 +432,7 @@ def _build() -> Path:
         flags = _compile_flags(openmp)
         key = "\n".join([SOURCE, compiler, *flags, _cpu_signature(), torch.__version__])
         target = cache / f"raster_kernel_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
-        if target.exists():
+        if _verified(target):
             return target
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -425,7 +441,12 @@ def _build() -> Path:
             command = [compiler, *flags, str(source), "-o", str(built)]
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
-                os.replace(built, target)  # atomic: concurrent builders each install a whole file
+                # Atomic renames, digest first: concurrent builders each install whole files,
+                # and a library that does not match its digest is rebuilt, never loaded.
+                digest = Path(tmp) / "digest"
+                digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest())
+                os.replace(digest, _digest_path(target))
+                os.replace(built, target)
                 return target
             errors.append(result.stderr.strip()[-1000:])
     raise RuntimeError(f"{compiler} failed: {errors[-1]}")

@@ -143,8 +143,9 @@ def test_bad_weights_give_clear_errors(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match=re.escape("--weights /path/to/vgg16-397923af.pth")):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached copy
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ConnectionError, match=re.escape("--weights /path/to/vgg16-397923af.pth")):
         make_backbone("vgg16", "imagenet")
 
 
@@ -301,6 +302,23 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(run.sender(images), sender.eval()(images))
 
 
+def test_checkpoint_with_flipped_bytes_is_refused(tmp_path):
+    tiny_checkpoint(tmp_path / "good.pt")
+    data = bytearray((tmp_path / "good.pt").read_bytes())
+    weights = read_checkpoint(tmp_path / "good.pt")["sender"]
+    raw = next(iter(weights.values())).numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0  # torch stores tensor bytes uncompressed: flip one bit of a weight
+    data[at + 5] ^= 0x40
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    assert not torch.equal(  # the file still loads, with a different weight...
+        next(iter(torch.load(tmp_path / "flipped.pt", weights_only=True)["sender"].values())),
+        next(iter(weights.values())),
+    )
+    with pytest.raises(CheckpointError, match="flipped.pt was altered or damaged"):
+        read_checkpoint(tmp_path / "flipped.pt")  # ...but its recorded digest no longer fits
+
+
 def test_corrupt_or_mismatched_checkpoints_give_clear_errors(tmp_path):
     tiny_checkpoint(tmp_path / "good.pt")
     data = (tmp_path / "good.pt").read_bytes()
@@ -314,9 +332,9 @@ def test_corrupt_or_mismatched_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a sketchenv self-play checkpoint"):
         load_run(tmp_path / "weights.pt")
     # Weights for 4 strokes under a config that says 5: the sender's output layer differs.
-    payload = torch.load(tmp_path / "good.pt", weights_only=True)
+    payload = read_checkpoint(tmp_path / "good.pt")
     payload["config"]["lines"] = 5
-    torch.save(payload, tmp_path / "mismatch.pt")
+    save_checkpoint(tmp_path / "mismatch.pt", payload)
     with pytest.raises(CheckpointError, match="sender weights do not fit"):
         load_run(tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -47,7 +47,7 @@ def test_gradients_reach_the_strokes_and_not_the_network(spec, weight_files):
     assert all(p.grad is None for p in agents_backbone.parameters())
 
 
-def test_perceptual_net_choices_are_checked(weight_files, monkeypatch):
+def test_perceptual_net_choices_are_checked(weight_files, monkeypatch, tmp_path):
     backbone = make_backbone("small", "none", width=4)
     assert make_perceptual_net("agents", backbone, (32, 32)) is backbone
     assert isinstance(make_perceptual_net("edges", backbone, (32, 32)), EdgeNet)
@@ -61,8 +61,9 @@ def test_perceptual_net_choices_are_checked(weight_files, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match="--perceptual-net vgg16:/path/to/vgg16"):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached copy
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ConnectionError, match="--perceptual-net vgg16:/path/to/vgg16"):
         make_perceptual_net("vgg16", backbone, (32, 32))
 
 

@@ -197,7 +197,7 @@ def test_unsafe_or_corrupt_weights_files_get_clear_errors(tmp_path):
     path = tmp_path / "w.pt"
     make_weights_file(path)
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="corrupt, truncated"):
+    with pytest.raises(ValueError, match="corrupt or truncated"):
         make_backbone("small", str(tmp_path / "cut.pt"), width=8)
 
 

@@ -295,6 +295,25 @@ def test_falls_back_to_pytorch_without_a_working_compiler(
         render_strokes(strokes, 12)
 
 
+def test_a_damaged_cached_kernel_is_rebuilt_not_loaded(backend, monkeypatch, tmp_path):
+    if backend == "torch":
+        pytest.skip("exercises the kernel loader")
+    built = _raster_cpu._build()  # the machine's cached build (the backend fixture made it)
+    assert _raster_cpu._verified(built)
+    whole = built.read_bytes()
+    monkeypatch.setenv("SKETCHENV_CACHE_DIR", str(tmp_path))
+    library = tmp_path / built.name
+    _raster_cpu._digest_path(library).write_bytes(_raster_cpu._digest_path(built).read_bytes())
+    library.write_bytes(whole[: len(whole) // 3])  # truncated: loading it would SIGBUS
+    assert not _raster_cpu._verified(library)
+    monkeypatch.setattr(_raster_cpu, "_library", None)
+    monkeypatch.setattr(_raster_cpu, "_load_error", None)
+    loaded, note = _raster_cpu.load()
+    assert loaded is not None, note
+    assert _raster_cpu._verified(library) and len(library.read_bytes()) == len(whole)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".sha256", ".so"]  # no leftovers
+
+
 def test_double_backward_is_refused():
     strokes = random_strokes(1, 2, seed=11).requires_grad_()
     with pytest.raises(RuntimeError, match="first-order gradients only"):

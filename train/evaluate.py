@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,15 +42,16 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from agents.backbones import describe_weights
-from agents.checkpoint import CheckpointError, Run, load_run
+from agents.checkpoint import Run, load_run
 from agents.config import GAMES
 from agents.experiment import make_game
+from agents.files import write_atomic
 from agents.losses import game_loss
 from agents.recognise import Recogniser, check_independent
-from agents.runs import write_atomic
 from agents.trainer import autocast, play, select_device
 from agents.zoo import shipped
 from sketchenv.game import GameBatch, SketchGame
+from train.flags import run_command
 from train.selfplay import validation_batches
 
 GREEN, RED = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
@@ -400,7 +400,4 @@ def format_summary(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
-        sys.exit(f"python -m train.evaluate: error: {error}")
+    run_command(main, "python -m train.evaluate")

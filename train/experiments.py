@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,10 +51,12 @@ from agents.config import (
     default_sigma2,
     load_config_file,
 )
+from agents.files import write_atomic
 from agents.pretrain import RESUMABLE as PRETRAIN_RESUMABLE
 from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pretrain_checkpoint
 from agents.pretrain import resume_config as resume_pretraining
 from sketchenv.datasets import labels_of
+from train.flags import run_command
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 TABLE_FILE = "table.toml"
@@ -130,6 +131,10 @@ class ExperimentTable:
     source: str
     runs: list[Experiment]
     pretraining: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+class StoppedEarly(Exception):
+    """A run of the table stopped before the end of its budget (time budget or signal)."""
 
 
 def list_tables(root: str | Path = EXPERIMENTS_DIR) -> list[str]:
@@ -267,7 +272,7 @@ def pretrain_visual_system(config: PretrainConfig) -> str:
     else:
         pretrain(config)
     if read_pretrain_checkpoint(out)["progress"]["epoch"] < config.epochs:
-        raise RuntimeError(
+        raise StoppedEarly(
             f"pretraining {out} stopped before the end of its budget; rerun the same "
             "command to resume it"
         )
@@ -409,7 +414,7 @@ def run_table(
         config = configs[run.name]
         print(f"[{i}/{len(runs)}] {name}/{run.name} ({run_status(config)}) -> {config.output}")
         if train(config) != "finished":
-            raise RuntimeError(
+            raise StoppedEarly(
                 f"{name}/{run.name} stopped before the end of its budget; rerun the same "
                 "command to resume it"
             )
@@ -582,14 +587,6 @@ def save_sketch_figure(
     write_atomic(Path(path), buffer.getvalue())
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def _one_per_class(labels: Sequence[int], n: int) -> list[int]:
     """Indices of the first item of each class in label order, then more, up to ``n``."""
     first: dict[int, int] = {}
@@ -711,10 +708,10 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             threads=args.threads,
             root=args.experiments,
         )
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except StoppedEarly as err:  # a budget or a signal: not an error, but not done either
         sys.stdout.flush()
-        parser.exit(1, f"error: {err}\n")
+        parser.exit(1, f"stopped: {err}\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "python -m train.experiments")

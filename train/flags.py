@@ -1,5 +1,5 @@
-"""Command-line flags generated from a config dataclass: one source for names, types,
-defaults, help and choices.
+"""What the ``train.*`` commands share: flags generated from a config dataclass (one
+source for names, types, defaults, help and choices), and one-line errors.
 
 Each field becomes ``--field-name``; its type gives the parser (``bool`` fields get
 ``--x/--no-x``, ``list[int]`` fields take several values, ``X | None`` takes an ``X``),
@@ -12,9 +12,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sqlite3
+import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any
+
+# What a user's input or machine can cause (a bad value, a missing or damaged file, a
+# full disk); anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, TypeError, OSError, sqlite3.Error)
+
+
+def run_command(main: Callable[[Sequence[str]], Any], prog: str) -> None:
+    """Call ``main(sys.argv[1:])``; an input error prints ``prog: error: ...`` on one line
+    and exits with status 2, Ctrl-C exits with 130. ``--debug`` (or ``SKETCHENV_DEBUG=1``)
+    keeps the traceback instead."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("SKETCHENV_DEBUG") == "1"
+    try:
+        main([a for a in argv if a != "--debug"])
+    except INPUT_ERRORS as error:
+        if debug:
+            raise
+        sys.stdout.flush()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 import sketchenv
 from sketchenv.human import GameWindow, HumanReceiver, HumanSender, PlayerQuit
+from train.flags import run_command
 from train.study import GameRecord, StudyDB, format_report, load_rows, summarize, write_csv
 
 SENDER, RECEIVER = "sender_0", "receiver_0"
@@ -418,4 +418,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_command(main, "python -m train.play")

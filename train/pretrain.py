@@ -21,13 +21,11 @@ import argparse
 import dataclasses
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agents.checkpoint import CheckpointError
 from agents.config import load_config_file
 from agents.pretrain import (
     PretrainConfig,
@@ -38,7 +36,7 @@ from agents.pretrain import (
     run_folder,
 )
 from agents.zoo import WEIGHTS_DIR, recipe_path, shipped
-from train.flags import add_config_flags
+from train.flags import add_config_flags, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +99,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as error:
-        sys.exit(f"python -m train.pretrain: error: {error}")
+    run_command(main, "python -m train.pretrain")

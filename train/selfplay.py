@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -45,6 +44,7 @@ from agents.config import (
     load_config_file,
 )
 from agents.experiment import fill_defaults, make_agents, make_game
+from agents.files import write_atomic
 from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
     epoch_bar,
@@ -52,11 +52,11 @@ from agents.runs import (
     seeded_generator,
     stop_on_signal,
     stop_reason_now,
-    write_atomic,
     write_csv,
 )
 from agents.trainer import Outcome, evaluate, select_device, train_step
 from sketchenv.game import GameBatch, SketchGame
+from train.flags import run_command
 
 CSV_FIELDS = (
     "epoch", "step", "games", "seconds", "lr", "train_loss", "train_comm_rate",
@@ -408,7 +408,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as error:
-        sys.exit(f"python -m train.selfplay: error: {error}")
+    run_command(main, "python -m train.selfplay")
