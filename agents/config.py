@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,13 +88,48 @@ def config_from_dict(values: dict[str, Any]) -> SelfPlayConfig:
 
 
 def dataclass_from_mapping(cls: type, values: dict[str, Any]) -> Any:
-    """``cls(**values)`` with keys spelt ``-`` or ``_``; unknown keys raise ``ValueError``."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """``cls(**values)`` with keys spelt ``-`` or ``_``; an unknown key, or a value of the
+    wrong type for its field (``lr = "fast"``, ``epochs = 1.5``), raises ``ValueError``."""
+    hints = typing.get_type_hints(cls)
     cleaned = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(cleaned) - names)
+    unknown = sorted(set(cleaned) - set(hints))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(hints)}")
+    for name, value in cleaned.items():
+        expected = _describe_type(hints[name])
+        if not _has_type(value, hints[name]):
+            raise ValueError(
+                f"config key {name!r} must be {expected}, got {value!r} ({type(value).__name__})"
+            )
     return cls(**cleaned)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits ``hint`` as JSON/TOML would give it: ints for floats are
+    fine, bools are not numbers, lists hold the element type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(_has_type(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe_type(hint: Any) -> str:
+    """``int | None`` -> "an integer or null (unset)", ``list[int]`` -> "a list of integers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe_type(args[0]).split(' ', 1)[1]}s"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
+    return "null (unset)" if hint is type(None) else names.get(hint, f"a {hint.__name__}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class SketchParallelEnv(ParallelEnv):
         if seed is None:
             self._generator.seed()
         else:
-            self._generator.manual_seed(seed)
+            self._generator.manual_seed(_check_seed(seed))
         self._game = None  # the current GameBatch (one game); None before the first reset
         self._episode = -1
         self._wins = 0
@@ -138,7 +138,7 @@ class SketchParallelEnv(ParallelEnv):
     def reset(self, seed: int | None = None, options: dict | None = None):
         """Start a new game; `seed` restarts the sequence of games (same seed, same games)."""
         if seed is not None:
-            self._generator.manual_seed(seed)
+            self._generator.manual_seed(_check_seed(seed))
         self._game = self.core.sample_game(self._generator)
         self._sender_image = _to_hwc(self._game.sender_images[0, 0])
         self._candidates = _to_hwc(self._game.candidates[0])
@@ -338,3 +338,10 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
     """Float `[..., 3, H, W]` in [0, 1] -> uint8 `[..., H, W, 3]`."""
     hwc = images.detach().movedim(-3, -1).contiguous()  # a copy, so the in-place ops are safe
     return hwc.mul_(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _check_seed(seed) -> int:
+    """``seed`` as a non-negative Python int (numpy integers too, as RL libraries pass)."""
+    if not isinstance(seed, Integral) or isinstance(seed, bool | np.bool_) or seed < 0:
+        raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from numbers import Integral
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -104,6 +106,10 @@ class SketchGame:
             raise ValueError(f"n_lines must be a positive integer, got {n_lines!r}")
         if not isinstance(sigma2, (int, float)) or not sigma2 > 0 or math.isinf(sigma2):
             raise ValueError(f"sigma2 must be a positive number, got {sigma2!r}")
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(invert, bool | np.bool_):
+            raise TypeError(f"invert must be True or False, got {invert!r}")
         if isinstance(dataset, (str, bytes)) or not (
             hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
         ):
@@ -120,7 +126,7 @@ class SketchGame:
         self.composite = composite
         self.invert = bool(invert)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))
 
         self.cache = ImageCache(dataset, cache_bytes)
         self.image_size = self.cache.image_size
@@ -390,4 +396,5 @@ def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too, as RL libraries pass them), but not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)

@@ -315,7 +315,7 @@ def test_checkpoint_with_flipped_bytes_is_refused(tmp_path):
         next(iter(torch.load(tmp_path / "flipped.pt", weights_only=True)["sender"].values())),
         next(iter(weights.values())),
     )
-    with pytest.raises(CheckpointError, match="flipped.pt was altered or damaged"):
+    with pytest.raises(CheckpointError, match=r"flipped\.pt was altered or damaged"):
         read_checkpoint(tmp_path / "flipped.pt")  # ...but its recorded digest no longer fits
 
 

@@ -290,6 +290,28 @@ def test_bad_options_give_clear_errors():
         make().render_state()
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"invert": "no"}, TypeError, "invert must be True or False, got 'no'"),
+        ({"seed": 1.5}, TypeError, "seed must be a non-negative integer or None, got 1.5"),
+        ({"seed": -1}, TypeError, "seed must be a non-negative integer"),
+    ],
+)
+def test_env_options_of_the_wrong_type_are_refused(options, error, message):
+    with pytest.raises(error, match=message):
+        make(**options)
+
+
+def test_env_takes_numpy_integer_seeds_as_rl_libraries_pass_them():
+    a, b = make(), make()
+    first, _ = a.reset(seed=np.int64(7))
+    second, _ = b.reset(seed=7)
+    assert np.array_equal(first["sender_0"]["image"], second["sender_0"]["image"])
+    with pytest.raises(TypeError, match="seed must be a non-negative integer or None, got 'x'"):
+        a.reset(seed="x")
+
+
 def test_unknown_dataset_name_is_a_clear_error():
     pytest.importorskip("sketchenv.datasets", reason="dataset registry not available")
     with pytest.raises((ValueError, KeyError), match="shapes"):

@@ -173,7 +173,7 @@ def test_bad_input_gives_clear_errors(runs, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert cli.returncode != 0
+    assert cli.returncode == 2
     assert "error:" in cli.stderr and "does not exist" in cli.stderr
     assert "Traceback" not in cli.stderr
 

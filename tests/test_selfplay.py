@@ -84,9 +84,12 @@ def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path, monkeypat
     monkeypatch.setattr(selfplay, "train_step", step_then_sigterm)
     selfplay.main(tiny_args(folder, tmp_path / "split"))
     monkeypatch.setattr(selfplay, "train_step", real_step)
-    stopped = read_checkpoint(tmp_path / "split", which="last")
-    assert stopped["progress"] == {"epoch": 0, "batch": 2, "step": 2}
-    assert not (tmp_path / "split" / "best.pt").exists()  # no validation when interrupted
+    progress = read_checkpoint(tmp_path / "split", which="last")["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"], progress["n_steps"]) == (
+        0, 2, 2, 2
+    )  # fmt: skip
+    assert not (tmp_path / "split" / "best.pt").exists()  # no validation when interrupted mid-epoch
+    (tmp_path / "split" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # a kill -9
 
     shutil.move(tmp_path / "split", tmp_path / "moved")  # a run folder continues where it is
     selfplay.main(["--resume", str(tmp_path / "moved")])
@@ -101,6 +104,41 @@ def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path, monkeypat
     a = read_checkpoint(tmp_path / "straight", which="last")["optimizer"]["state"]
     b = read_checkpoint(tmp_path / "moved", which="last")["optimizer"]["state"]
     assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    # The interrupted epoch's training averages count its steps before the stop too.
+    rows = [read_rows(tmp_path / name) for name in ("straight", "moved")]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+    assert not list((tmp_path / "moved").glob(".*.tmp"))  # the killed write's leftover is gone
+
+
+def read_rows(run) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigterm_in_an_epochs_last_step_validates_that_epoch(folder, tmp_path, monkeypatch):
+    real_step, calls = selfplay.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):  # step 3 is the last of epoch 1
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(selfplay, "train_step", step_then_sigterm)
+    selfplay.main(tiny_args(folder, tmp_path / "run"))
+    progress = read_checkpoint(tmp_path / "run", which="last")["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (1, 0, 3)
+    assert [row["epoch"] for row in read_rows(tmp_path / "run")] == ["1"]  # its row...
+    assert (tmp_path / "run" / "best.pt").exists()  # ...and its chance at best.pt
+    assert len(calls) == 3
+
+
+def test_resume_cannot_stretch_the_cosine_schedule(folder, tmp_path):
+    selfplay.main(tiny_args(folder, tmp_path / "run", "--max-steps", "2"))
+    with pytest.raises(ValueError, match="goes past the cosine schedule"):
+        selfplay.main(["--resume", str(tmp_path / "run"), "--epochs", "3"])
+    selfplay.main(["--resume", str(tmp_path / "run"), "--max-steps", "3"])  # same epochs: fine
+    assert read_checkpoint(tmp_path / "run", which="last")["progress"]["schedule_steps"] == 6
 
 
 def test_resume_refuses_to_change_what_was_trained(folder, tmp_path):

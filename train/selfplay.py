@@ -44,7 +44,7 @@ from agents.config import (
     load_config_file,
 )
 from agents.experiment import fill_defaults, make_agents, make_game
-from agents.files import write_atomic
+from agents.files import remove_stray_temporaries, write_atomic
 from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
     epoch_bar,
@@ -213,9 +213,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_game = make_game(config, "train")
     config = fill_defaults(config, train_game)  # the saved config leaves nothing to defaults
     val_game = make_game(config, "val")
-    blocks_per_batch = max(1, config.batch_size // train_game.n_candidates)
+    if config.batch_size < train_game.n_candidates:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is less than one block of this game "
+            f"({train_game.n_candidates} games, one per candidate): use at least "
+            f"{train_game.n_candidates}"
+        )
+    blocks_per_batch = config.batch_size // train_game.n_candidates
     steps_per_epoch = math.ceil(train_game.blocks_per_epoch / blocks_per_batch)
-    total_steps = config.epochs * steps_per_epoch  # the LR schedule's horizon (not max_steps)
+    # The LR schedule's horizon (not max_steps), laid out by the run's first --epochs.
+    total_steps = config.epochs * steps_per_epoch
+    if resumed is not None:
+        total_steps = resumed["progress"].get("schedule_steps", total_steps)
+        if config.epochs * steps_per_epoch > total_steps and config.lr_schedule == "cosine":
+            raise ValueError(
+                f"--epochs {config.epochs} goes past the cosine schedule this run was started "
+                f"with ({total_steps // steps_per_epoch} epochs; its learning rate reaches 0 "
+                "there): resume with at most that many, or start a new run"
+            )
 
     # Agents and optimiser. A shared encoder's parameters are counted (and updated) once.
     sender, receiver = make_agents(config, train_game.image_size, load_weights=resumed is None)
@@ -248,8 +263,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "perceptual_coef": config.perceptual_coef,
     }
 
-    # Resume: weights, optimiser, schedule, RNG, position in the data, history.
+    # Resume: weights, optimiser, schedule, RNG, position in the data, history, and the
+    # running sums of the interrupted epoch's training statistics.
     epoch, batch_start, step, history, best = 0, 0, 0, [], {"val_comm_rate": -1.0, "step": -1}
+    sums, n_steps = dict.fromkeys(("loss", "comm_rate", "class_rate"), 0.0), 0
     if resumed is not None:
         load_agent_weights(sender, receiver, resumed)
         try:
@@ -264,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         progress = resumed["progress"]
         epoch, batch_start, step = progress["epoch"], progress["batch"], progress["step"]
         history, best = resumed["history"], resumed["best"]
+        sums, n_steps = progress.get("sums", sums), progress.get("n_steps", n_steps)
 
     # Output directory: resolved config, TensorBoard, metrics, grids, checkpoints.
     out = Path(config.output)
@@ -272,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
         )
     (out / "grids").mkdir(parents=True, exist_ok=True)
+    remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
     settings = game_settings(train_game)
     write_atomic(
         out / "config.json",
@@ -306,12 +325,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": {"torch": torch.get_rng_state()},
-                "progress": {"epoch": epoch, "batch": batch_start, "step": step},
+                "progress": {
+                    "epoch": epoch, "batch": batch_start, "step": step,
+                    "schedule_steps": total_steps, "sums": sums, "n_steps": n_steps,
+                },
                 "history": history,
                 "best": best,
                 "metrics": metrics,
             },
-        )
+        )  # fmt: skip
 
     def validate(train_stats: dict) -> dict:
         batches = validation_batches(val_game, config.val_games, blocks_per_batch, config.seed + 1)
@@ -349,8 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
             agents.train()
             batches = train_game.epoch(blocks_per_batch, seeded_generator(config.seed, epoch))
-            sums = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
-            n_steps, window = 0, []
+            window: list[float] = []
             bar = epoch_bar(batches, batch_start, steps_per_epoch, epoch, config.epochs)
             for batch in bar:
                 batch = batch.to(device, non_blocking=device.type == "cuda")
@@ -377,16 +398,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 if stop_reason := should_stop():
                     break
             bar.close()
-            if batch_start >= steps_per_epoch:
-                epoch, batch_start = epoch + 1, 0
-            if stop_reason in ("SIGINT", "SIGTERM"):
-                checkpoint("last.pt", metrics)  # interrupted: save at once, no validation
+            if stop_reason in ("SIGINT", "SIGTERM") and batch_start < steps_per_epoch:
+                checkpoint("last.pt", metrics)  # interrupted mid-epoch: save at once
                 print(
                     f"stopped ({stop_reason}) at step {step}; resume with --resume {out}",
                     flush=True,
                 )
                 break
+            # The epoch is done (or stopped by a budget): validate, save, start the next.
+            if batch_start >= steps_per_epoch:
+                epoch, batch_start = epoch + 1, 0
             train_stats = {k: v / max(1, n_steps) for k, v in sums.items()}
+            sums, n_steps = dict.fromkeys(sums, 0.0), 0
             metrics = validate(train_stats)
             improved = metrics["comm_rate"] > best["val_comm_rate"]
             if improved:
@@ -401,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 + (f" | stopped: {stop_reason}" if stop_reason else ""),
                 flush=True,
             )
-            if stop_reason:  # max_steps or time_budget: the run ends here
+            if stop_reason in ("SIGINT", "SIGTERM"):
+                print(f"resume with --resume {out}", flush=True)
+            if stop_reason:  # a signal at an epoch's end, max_steps or time_budget
                 break
     writer.close()
     return metrics
