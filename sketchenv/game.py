@@ -130,6 +130,11 @@ class SketchGame:
 
         self.cache = ImageCache(dataset, cache_bytes)
         self.image_size = self.cache.image_size
+        if min(self.image_size) < 2:
+            raise ValueError(
+                f"the dataset's images are {self.image_size[0]}x{self.image_size[1]} px, too "
+                "small to draw on (at least 2x2): resize them (image_size=, --image-size)"
+            )
         self.labels = self.cache.labels
         n_items = len(dataset)
         classes = getattr(dataset, "classes", None)

@@ -7,11 +7,19 @@ test_raster); this file holds the ones found by sweeping every entry point at on
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
 
+import numpy as np
 import pytest
+import torch
+from fakedata import write_cifar10
+from PIL import Image
 
+import sketchenv
 from agents.config import config_from_dict
+from sketchenv.datasets import cifar10, imagefolder
+from sketchenv.datasets.common import read_image
 from train.flags import run_command
 
 
@@ -40,6 +48,59 @@ def test_config_values_of_the_wrong_type_are_refused(values, message):
 def test_config_accepts_what_json_and_toml_give():
     config = config_from_dict({"lr": 1, "image_size": None, "perceptual_weights": [1, 2.5]})
     assert (config.lr, config.image_size, config.perceptual_weights) == (1, None, [1, 2.5])
+
+
+# ----- datasets ---------------------------------------------------------------------------
+def test_a_garbage_cifar_batch_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(b"\x80\x02garbage" * 10)
+    with pytest.raises(ValueError, match="data_batch_3 is not a CIFAR python batch"):
+        cifar10.load("train", root=str(tmp_path))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    write_cifar10(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": RunsCode()}, f, protocol=2)
+    with pytest.raises(ValueError, match=r"refers to __builtin__\.print, not numpy data"):
+        cifar10.load("test", root=str(tmp_path))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_corrupt_image_is_named_with_its_path(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.full((8, 8, 3), 40 * i, np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / c / f"{i}.png")
+    broken = tmp_path / "train" / "b" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    images = imagefolder.load(tmp_path, "train", image_size=8)
+    with pytest.raises(ValueError, match=r"cannot read image .*b/3\.png .*truncated"):
+        images[images.paths.index(str(broken))]
+
+
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    levels = (np.arange(64).reshape(8, 8) * 1024).astype(np.uint16)  # 0 ... 64512
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    pixels = read_image(tmp_path / "deep.png")
+    assert pixels.shape == (3, 8, 8) and pixels.dtype == torch.uint8
+    expected = torch.from_numpy(np.round(levels / 257).astype(np.uint8))
+    assert torch.equal(pixels[0], expected) and torch.equal(pixels[2], expected)
+
+
+def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.fromarray(np.full((1, 1, 3), 20 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    with pytest.raises(ValueError, match="images are 1x1 px, too small to draw on"):
+        sketchenv.parallel_env(dataset=f"imagefolder:{tmp_path}", n_distractors=1)
 
 
 # ----- the commands: one line on stderr, exit status 2, no traceback ----------------------

@@ -79,9 +79,38 @@ def load_cifar(
     return ArrayImages(images, rows, labels[rows], classes, image_size)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold (dicts, lists, strings, numpy arrays), so a
+    planted batch file cannot run code."""
+
+    ALLOWED = frozenset(
+        [("_codecs", "encode")]  # how protocol-2 pickles store bytes
+        + [
+            (module, name)
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+            for name in ("_reconstruct", "ndarray", "dtype", "scalar")
+        ]
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, not numpy data")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as file:
-        return pickle.load(file, encoding="latin1")
+    """A CIFAR python batch as a dict; a damaged or foreign file is named in the error."""
+    try:
+        with open(path, "rb") as file:
+            batch = _BatchUnpickler(file, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path} is not a CIFAR python batch ({type(err).__name__}: {err}): the file is "
+            "corrupt or truncated; delete it and download again (--download)"
+        ) from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR python batch (it holds a {type(batch).__name__})")
+    return batch
 
 
 def _read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +118,8 @@ def _read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for path in paths:
         batch = _unpickle(path)
+        if "data" not in batch or not {"labels", "fine_labels"} & set(batch):
+            raise ValueError(f"{path}: no 'data' and 'labels' in it: not a CIFAR batch")
         data = np.asarray(batch["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072]")

@@ -159,9 +159,20 @@ def fit_square(
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """Decode an image file to uint8 `[3, H, W]` RGB (grey, palette, alpha all converted)."""
-    with Image.open(path) as image:
-        rgb = np.asarray(image.convert("RGB"))
+    """Decode an image file to uint8 `[3, H, W]` RGB (grey, palette, alpha all converted;
+    16-bit grey scaled to 8 bits, not clipped); an unreadable file is named in the error."""
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grey PNG
+                grey = (np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round()
+                rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+            else:
+                rgb = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"cannot read image {os.fspath(path)} ({type(err).__name__}: {err}): the file is "
+            "corrupt, truncated or not an image; replace or remove it"
+        ) from err
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .common import SPLITS, FileImages, check_image_size, check_split, stratified_split
+from .common import (
+    SPLITS,
+    FileImages,
+    check_image_size,
+    check_split,
+    read_image,
+    stratified_split,
+)
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -54,8 +60,7 @@ def load(
     if not paths:
         raise ValueError(f"imagefolder: the {split} split of {root} holds no images")
     if image_size is None:
-        with Image.open((reference or paths)[0]) as first:
-            image_size = min(first.size)
+        image_size = min(read_image((reference or paths)[0]).shape[-2:])
     return FileImages(paths, labels, classes, check_image_size(image_size, 1))
 
 
