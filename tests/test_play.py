@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 import sketchenv
 from train import play
-from train.study import GameRecord, StudyDB, format_report, summarize
+from train.study import GameRecord, StudyDB, format_report, load_rows, summarize
 
 # small, fast games on the built-in procedural dataset
 GAME = ["--dataset", "shapes", "--image-size", "16", "--n-distractors", "5", "--n-lines", "3"]
@@ -364,9 +365,38 @@ def test_report_numbers_match_a_hand_count(fixture_db, tmp_path, capsys):
 
 
 def test_a_game_is_recorded_once(fixture_db):
-    with StudyDB(fixture_db) as db, pytest.raises(sqlite3.IntegrityError):
-        db.record(record("p1", SETTING, 0, "hit"))
-    assert len(rows(fixture_db)) == 7
+    first = rows(fixture_db)[0]
+    with StudyDB(fixture_db) as db:  # a second session of p1 finishing the same game
+        assert not db.record(record("p1", SETTING, 0, "miss"))
+        assert db.record(record("p1", SETTING, 9, "miss"))
+    assert len(rows(fixture_db)) == 8 and rows(fixture_db)[0] == first  # the first one kept
+
+
+def test_files_that_are_not_study_databases_are_refused_untouched(tmp_path):
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.close()
+    before = other.read_bytes()
+    for opener in (load_rows, StudyDB):
+        with pytest.raises(
+            ValueError, match=r"another program's SQLite database \(tables \['notes'\]"
+        ):
+            opener(other)
+    assert other.read_bytes() == before
+    (tmp_path / "text.db").write_text("hello, not a database\n" * 100)
+    with pytest.raises(ValueError, match=r"cannot open the study database .*text\.db"):
+        load_rows(tmp_path / "text.db")
+    (tmp_path / "empty.db").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds no games"):
+        load_rows(tmp_path / "empty.db")
+    with pytest.raises(ValueError, match=r"cannot open the study database .*text\.db/study"):
+        StudyDB(tmp_path / "text.db" / "study.sqlite")  # a "folder" that is a file
+    (tmp_path / "locked").mkdir(mode=0o500)
+    if os.access(tmp_path / "locked", os.W_OK):  # root can write anywhere
+        pytest.skip("running as root: a read-only folder is writable")
+    with pytest.raises(ValueError, match=r"cannot open the study database .*locked/study\.sqlite"):
+        StudyDB(tmp_path / "locked" / "study.sqlite")
 
 
 @pytest.mark.parametrize(

@@ -361,7 +361,10 @@ def run(args: argparse.Namespace) -> int:
             )
             if agent is not None and compare is None:  # the receiver is the agent
                 game["agent_choice"] = game["choice"]
-            db.record(GameRecord(participant, setting, args.seed, index, agent=agent, **game))
+            record = GameRecord(participant, setting, args.seed, index, agent=agent, **game)
+            if not db.record(record):
+                print(f"game {index + 1}: already recorded by another session of {participant}")
+                continue
             played += 1
             wins += int(game["choice"] == game["target"])
             print(

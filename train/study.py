@@ -111,11 +111,39 @@ class StudyDB:
 
     REQUIRED = ("game", "dataset", "split", "n_lines", "sender", "receiver", "feedback")
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False) -> None:
+        """Open (or, unless ``read_only``, create) the study database at ``path``. A file
+        that is not one (another program's SQLite file, or no database at all) is
+        refused, never changed."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(self.path)
-        self.connection.row_factory = sqlite3.Row
+        try:
+            if read_only:
+                self.connection = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.connection = sqlite3.connect(self.path)
+            self.connection.row_factory = sqlite3.Row
+            tables = {row[0] for row in self.connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )}  # fmt: skip
+        except (sqlite3.Error, OSError) as err:
+            raise ValueError(
+                f"cannot open the study database {self.path} ({err}): give --db a writable "
+                "place for a new one, or an existing study database"
+            ) from err
+        if tables - {"games", "sqlite_sequence"}:
+            self.connection.close()
+            raise ValueError(
+                f"{self.path} is another program's SQLite database (tables "
+                f"{sorted(tables)}), not a study database; give --db another file"
+            )
+        if "games" in tables:
+            return
+        if read_only:
+            self.connection.close()
+            raise ValueError(f"{self.path} holds no games: it is not a study database")
         with self.connection:
             self.connection.execute(SCHEMA)
 
@@ -136,8 +164,9 @@ class StudyDB:
         ).fetchone()
         return int(row[0])
 
-    def record(self, game: GameRecord) -> None:
-        """Store one finished game and commit at once (a crash later cannot lose it)."""
+    def record(self, game: GameRecord) -> bool:
+        """Store one finished game and commit at once (a crash later cannot lose it);
+        False when another session of this participant already stored this game."""
         missing = [key for key in self.REQUIRED if key not in game.setting]
         if missing:
             raise ValueError(f"setting lacks {missing}; it needs all of {list(self.REQUIRED)}")
@@ -171,9 +200,11 @@ class StudyDB:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self.connection:  # one transaction, committed on exit
-            self.connection.execute(
-                f"INSERT INTO games ({columns}) VALUES ({marks})", tuple(row.values())
+            cursor = self.connection.execute(
+                f"INSERT INTO games ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                tuple(row.values()),
             )
+        return cursor.rowcount == 1
 
     def rows(self) -> list[dict]:
         """Every stored game as a dict, in the order played."""
@@ -321,5 +352,5 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
     """Every game stored in the study database at ``path`` (which must exist)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no study database at {path}; play some games first")
-    with StudyDB(path) as db:
+    with StudyDB(path, read_only=True) as db:
         return db.rows()
