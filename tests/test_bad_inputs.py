@@ -103,6 +103,11 @@ def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built(tmp_path)
         sketchenv.parallel_env(dataset=f"imagefolder:{tmp_path}", n_distractors=1)
 
 
+def test_a_game_too_big_for_memory_is_refused_up_front():
+    with pytest.raises(ValueError, match=r"image_size 20000 needs about 903\.0 GiB .* 101 images"):
+        sketchenv.parallel_env(image_size=20000)
+
+
 # ----- the commands: one line on stderr, exit status 2, no traceback ----------------------
 # (run in-process through the same run_command as ``python -m``; test_evaluate runs one
 # for real in a subprocess)
@@ -112,6 +117,7 @@ def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built(tmp_path)
         (["train.selfplay", "--game", "original", "--epochs", "0"], "epochs must be >= 1"),
         (["train.selfplay", "--resume", "/nonexistent/run"], "does not exist"),
         (["train.selfplay", "--n-distractors", "3", "--batch-size", "3"], "less than one block"),
+        (["train.selfplay", "--image-size", "30000"], "GiB for one block"),
         (["train.evaluate", "/nonexistent/run"], "does not exist"),
         (["train.pretrain", "--epochs", "0"], "epochs"),
         (["train.experiments", "table9"], "unknown table 'table9'"),
