@@ -49,7 +49,8 @@ def make_game(
     dataset = make_split(config, split)
     sigma2 = config.sigma2
     if sigma2 is None:
-        sigma2 = default_sigma2(min(dataset[0][0].shape[-2:]))
+        side = getattr(dataset, "image_size", None)  # known without making an image
+        sigma2 = default_sigma2(side if isinstance(side, int) else min(dataset[0][0].shape[-2:]))
     return SketchGame(
         dataset,
         game or config.game,

@@ -45,7 +45,7 @@ from agents.runs import (
     write_csv,
 )
 from agents.trainer import autocast, select_device
-from sketchenv.datasets.cache import ImageCache
+from sketchenv.datasets.cache import ImageCache, check_memory
 
 FORMAT = "sketchenv-pretrain"
 VERSION = 1
@@ -202,6 +202,8 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
     use_amp = config.amp and device.type == "cuda"
 
     # Data: the training split for learning, the validation split for the probes.
+    if config.image_size is not None:  # two views of every image in a batch, and the work
+        check_memory(config.image_size, 2 * config.batch_size)
     train, val = load_dataset(config, "train"), load_dataset(config, "val")
     image_size = list(train.image_size)
     n_classes = int(max(train.labels.max(), val.labels.max())) + 1

@@ -9,7 +9,6 @@ so a model encodes each candidate once per block, as in the paper's batching.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from numbers import Integral
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchenv.datasets.cache import ImageCache, describe
+from sketchenv.datasets.cache import ImageCache, check_memory, describe
 from sketchenv.raster import COMPOSITES, KERNELS, render_strokes, to_rgb
 
 GAMES = ("original", "oo-same", "oo-different")
@@ -132,7 +131,7 @@ class SketchGame:
         side, classes = getattr(dataset, "image_size", None), getattr(dataset, "classes", [])
         if _is_int(side):  # refuse before the first image is made, not with an allocator error
             default = 99 if game == "original" else max(1, len(classes) - 1)
-            _check_memory(side, (n_distractors if _is_int(n_distractors) else default) + 2)
+            check_memory(side, (n_distractors if _is_int(n_distractors) else default) + 2)
         self.cache = ImageCache(dataset, cache_bytes)
         self.image_size = self.cache.image_size
         if min(self.image_size) < 2:
@@ -403,34 +402,6 @@ def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
     """Independent uniform integers in [0, counts) elementwise."""
     u = torch.rand(counts.shape, generator=g, dtype=torch.float64)
     return (u * counts).long().minimum(counts - 1)
-
-
-def _check_memory(image_size: int, n_images: int) -> None:
-    """Refuse a game whose one block of ``n_images`` float images (and as much again for
-    the work on them) would not fit in the memory this machine has free."""
-    needed = 2 * n_images * 3 * image_size**2 * 4
-    available = _available_memory()
-    if available is not None and needed > available:
-        raise ValueError(
-            f"image_size {image_size} needs about {needed / 2**30:.1f} GiB for one block of "
-            f"{n_images} images, more than the {available / 2**30:.1f} GiB free here: use a "
-            "smaller image_size (or fewer distractors)"
-        )
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory free for a new allocation (Linux's MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _is_int(value) -> bool:

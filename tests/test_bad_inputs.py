@@ -117,7 +117,7 @@ def test_a_game_too_big_for_memory_is_refused_up_front():
         (["train.selfplay", "--game", "original", "--epochs", "0"], "epochs must be >= 1"),
         (["train.selfplay", "--resume", "/nonexistent/run"], "does not exist"),
         (["train.selfplay", "--n-distractors", "3", "--batch-size", "3"], "less than one block"),
-        (["train.selfplay", "--image-size", "30000"], "GiB for one block"),
+        (["train.selfplay", "--image-size", "30000"], "images at once"),
         (["train.evaluate", "/nonexistent/run"], "does not exist"),
         (["train.pretrain", "--epochs", "0"], "epochs"),
         (["train.experiments", "table9"], "unknown table 'table9'"),

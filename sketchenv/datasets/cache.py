@@ -10,6 +10,7 @@ without the cache, so results never depend on memory settings.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ class ImageCache:
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         self.dataset = dataset
+        side = getattr(dataset, "image_size", None)
+        if isinstance(side, int):
+            check_memory(side, 1)
         first = to_uint8(dataset[0][0], 0)
         self.image_size: tuple[int, int] = (first.shape[1], first.shape[2])
         self.enabled = len(dataset) * first.numel() <= cache_bytes
@@ -149,3 +153,32 @@ def describe(value) -> str:
     if isinstance(value, Tensor):
         return f"tensor of shape {list(value.shape)} and dtype {value.dtype}"
     return type(value).__name__
+
+
+def check_memory(image_size: int, n_images: int) -> None:
+    """Refuse work on ``n_images`` float images of ``image_size`` at once (and as much again
+    for the work on them) that would not fit in the memory this machine has free, before
+    any is made, instead of failing inside the allocator."""
+    needed = 2 * n_images * 3 * image_size**2 * 4
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"image_size {image_size} needs about {needed / 2**30:.1f} GiB for {n_images} "
+            f"images at once, more than the {available / 2**30:.1f} GiB free here: use a "
+            "smaller image_size"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux's MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
