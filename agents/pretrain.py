@@ -33,7 +33,7 @@ from agents.backbones import BACKBONES, make_backbone, save_weights
 from agents.checkpoint import CheckpointError, save_checkpoint
 from agents.config import dataclass_from_mapping
 from agents.experiment import make_split
-from agents.files import CorruptFileError, load_torch, write_atomic
+from agents.files import CorruptFileError, load_torch, remove_stray_temporaries, write_atomic
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
@@ -213,7 +213,15 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
             f"{config.batch_size}: lower the batch size"
         )
     steps_per_epoch = len(train) // config.batch_size  # whole batches only (BatchNorm heads)
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch  # the cosine schedule, laid out once
+    if resumed is not None:
+        total_steps = resumed["progress"].get("schedule_steps", total_steps)
+        if config.epochs * steps_per_epoch > total_steps:
+            raise ValueError(
+                f"--epochs {config.epochs} goes past the cosine schedule this run was started "
+                f"with ({total_steps // steps_per_epoch} epochs; its learning rate reaches 0 "
+                "there): resume with at most that many, or start a new run"
+            )
     augment = dataclasses.replace(AUGMENTATIONS[config.method], drawing_p=config.drawings)
 
     # The backbone (VGG16 sees ImageNet-normalised images, as its consumers will feed it)
@@ -235,6 +243,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
 
     # Resume: weights, optimiser, schedule, position in the data, history.
     epoch, batch_start, step, history, metrics = 0, 0, 0, [], {}
+    loss_sum, n_steps = 0.0, 0  # of the epoch under way (restored with it)
     if resumed is not None:
         try:
             modules.load_state_dict(resumed["modules"])
@@ -246,6 +255,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
         progress = resumed["progress"]
         epoch, batch_start, step = progress["epoch"], progress["batch"], progress["step"]
         history, metrics = resumed["history"], resumed["metrics"]
+        loss_sum, n_steps = progress.get("loss_sum", 0.0), progress.get("n_steps", 0)
 
     # Output directory.
     out = run_folder(config)
@@ -254,6 +264,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
         )
     out.mkdir(parents=True, exist_ok=True)
+    remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
     config = dataclasses.replace(config, output=str(out), image_size=image_size[0])
     write_atomic(
         out / "config.json",
@@ -286,7 +297,14 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "progress": {"epoch": epoch, "batch": batch_start, "step": step},
+                "progress": {
+                    "epoch": epoch,
+                    "batch": batch_start,
+                    "step": step,
+                    "schedule_steps": total_steps,
+                    "loss_sum": loss_sum,
+                    "n_steps": n_steps,
+                },
                 "history": history,
                 "metrics": metrics,
             },
@@ -348,7 +366,6 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
             modules.train()
             order = torch.randperm(len(train), generator=seeded_generator(config.seed, epoch))
             batches = order[: steps_per_epoch * config.batch_size].view(steps_per_epoch, -1)
-            loss_sum, n_steps = 0.0, 0
             bar = epoch_bar(batches, batch_start, steps_per_epoch, epoch, config.epochs)
             for ids in bar:
                 images = train.images(ids)
@@ -384,12 +401,14 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
                 if stop_reason := should_stop():
                     break
             bar.close()
-            if batch_start >= steps_per_epoch:
-                epoch, batch_start = epoch + 1, 0
-            if stop_reason in ("SIGINT", "SIGTERM"):
-                checkpoint()  # interrupted: save at once, no probe
+            signalled = stop_reason in ("SIGINT", "SIGTERM")
+            if signalled and batch_start < steps_per_epoch:
+                checkpoint()  # interrupted mid-epoch: save at once, no probe
                 print(f"stopped ({stop_reason}) at step {step}; resume with --resume {out}")
                 break
+            # The epoch is done (or stopped by a budget): probe when due, save.
+            if batch_start >= steps_per_epoch:
+                epoch, batch_start = epoch + 1, 0
             finished = epoch >= config.epochs or stop_reason is not None
             if finished or (batch_start == 0 and epoch % config.probe_every == 0):
                 metrics = measure(loss_sum / max(1, n_steps))
@@ -400,7 +419,11 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
                     + (f" | stopped: {stop_reason}" if stop_reason else ""),
                     flush=True,
                 )
+            if batch_start == 0:
+                loss_sum, n_steps = 0.0, 0
             checkpoint()
+            if signalled:
+                print(f"resume with --resume {out}", flush=True)
             if stop_reason:
                 break
     writer.close()

@@ -275,6 +275,14 @@ def test_sigterm_then_resume_gives_the_same_weights_as_one_run(folder, tmp_path,
         assert torch.equal(straight[key], resumed[key]), key
     with pytest.raises(ValueError, match=r"\['lr'\] cannot change"):
         main(["--resume", str(tmp_path / "moved"), "--lr", "1"])
+    with pytest.raises(ValueError, match="goes past the cosine schedule"):
+        main(["--resume", str(tmp_path / "moved"), "--epochs", "3"])
+    # The interrupted epoch's mean loss counts its steps before the stop too.
+    losses = [
+        [row["loss"] for row in csv.DictReader((tmp_path / name / "metrics.csv").open())]
+        for name in ("straight", "moved")
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 3  # random weights, epochs 1 and 2
 
 
 @pytest.mark.parametrize(
