@@ -136,7 +136,9 @@ class SketchParallelEnv(ParallelEnv):
 
     # ----- episode ------------------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None):
-        """Start a new game; `seed` restarts the sequence of games (same seed, same games)."""
+        """Start a new game; `seed` restarts the sequence of games (same seed, same games).
+        `options` are ignored, as PettingZoo's API test expects: settings are constructor
+        arguments."""
         if seed is not None:
             self._generator.manual_seed(_check_seed(seed))
         self._game = self.core.sample_game(self._generator)
@@ -316,9 +318,29 @@ def parallel_env(**kwargs) -> SketchParallelEnv:
     return SketchParallelEnv(**kwargs)
 
 
+class _CheckActionsWhenGiven(wrappers.BaseWrapper):
+    """`parallel_to_aec` holds the sender's action until the receiver's turn; this checks
+    each action when it is given, so a bad one is refused at the step that gave it."""
+
+    def __init__(self, parallel: SketchParallelEnv) -> None:
+        super().__init__(parallel_to_aec(parallel))
+        self._parallel = parallel
+
+    def step(self, action) -> None:
+        parallel = self._parallel
+        agent = self.agent_selection
+        if action is not None and parallel.agents and not self.terminations.get(agent):
+            if agent == SENDER and parallel._phase == 0:
+                parallel._check_strokes(action)
+            elif agent == RECEIVER and parallel._phase == 1:
+                parallel._check_choice(action)
+        super().step(action)
+
+
 def raw_env(**kwargs):
-    """The AEC version without wrappers: the parallel env through `parallel_to_aec`."""
-    return parallel_to_aec(SketchParallelEnv(**kwargs))
+    """The AEC version without order checks: the parallel env through `parallel_to_aec`,
+    each action checked when it is given."""
+    return _CheckActionsWhenGiven(SketchParallelEnv(**kwargs))
 
 
 def env(**kwargs):
@@ -344,4 +366,6 @@ def _check_seed(seed) -> int:
     """``seed`` as a non-negative Python int (numpy integers too, as RL libraries pass)."""
     if not isinstance(seed, Integral) or isinstance(seed, bool | np.bool_) or seed < 0:
         raise TypeError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
     return int(seed)

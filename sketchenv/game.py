@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ class SketchGame:
             )
         if not _is_int(n_lines) or n_lines < 1:
             raise ValueError(f"n_lines must be a positive integer, got {n_lines!r}")
-        if not isinstance(sigma2, (int, float)) or not sigma2 > 0 or math.isinf(sigma2):
+        if not _is_real(sigma2) or not sigma2 > 0 or math.isinf(sigma2):
             raise ValueError(f"sigma2 must be a positive number, got {sigma2!r}")
         if not _is_int(seed):
             raise TypeError(f"seed must be an integer, got {seed!r}")
@@ -293,6 +293,11 @@ class SketchGame:
     # ----- internals ------------------------------------------------------------------------
     def _check_n_distractors(self, n_distractors: int | None) -> int:
         original = self.game == "original"
+        if not original and self.n_classes < 2:
+            raise ValueError(
+                f"{self.game} needs at least 2 classes (one candidate per class); the dataset "
+                f"has {self.n_classes}: use the original game or a dataset with more classes"
+            )
         if n_distractors is None:
             n_distractors = 99 if original else self.n_classes - 1
         if not _is_int(n_distractors) or n_distractors < 1:
@@ -402,6 +407,11 @@ def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:
     """Independent uniform integers in [0, counts) elementwise."""
     u = torch.rand(counts.shape, generator=g, dtype=torch.float64)
     return (u * counts).long().minimum(counts - 1)
+
+
+def _is_real(value) -> bool:
+    """A real number (numpy's too), but not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool | np.bool_)
 
 
 def _is_int(value) -> bool:

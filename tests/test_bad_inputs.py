@@ -59,6 +59,31 @@ def test_a_garbage_cifar_batch_is_named(tmp_path):
         cifar10.load("train", root=str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("meta", "has no 'label_names': it is not the CIFAR-10 class list"),
+        ("labels", "9 labels for 20 images"),
+        ("floats", "'data' is float64 of shape"),
+    ],
+)
+def test_a_cifar_batch_with_the_wrong_content_is_named(damage, message, tmp_path):
+    write_cifar10(tmp_path, train_per_class=1)
+    folder = tmp_path / "cifar-10-batches-py"
+    if damage == "meta":
+        (folder / "batches.meta").write_bytes(pickle.dumps({"names": ["a"]}, protocol=2))
+    else:
+        with open(folder / "test_batch", "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        if damage == "labels":
+            batch["labels"] = batch["labels"][:9]
+        else:
+            batch["data"] = batch["data"].astype(np.float64)
+        (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match=message):
+        cifar10.load("test", root=str(tmp_path))
+
+
 def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
     write_cifar10(tmp_path)
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
@@ -92,6 +117,16 @@ def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path):
     assert pixels.shape == (3, 8, 8) and pixels.dtype == torch.uint8
     expected = torch.from_numpy(np.round(levels / 257).astype(np.uint8))
     assert torch.equal(pixels[0], expected) and torch.equal(pixels[2], expected)
+
+
+def test_object_games_on_one_class_and_bad_seeds_are_explained(tmp_path):
+    (tmp_path / "only").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(tmp_path / "only" / f"{i}.png")
+    with pytest.raises(ValueError, match="oo-same needs at least 2 classes"):
+        sketchenv.parallel_env(game="oo-same", dataset=imagefolder.load(tmp_path, "train"))
+    with pytest.raises(TypeError, match="imagefolder: seed must be an integer, got 'x'"):
+        imagefolder.load(tmp_path, "train", seed="x")
 
 
 def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built(tmp_path):

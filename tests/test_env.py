@@ -296,11 +296,27 @@ def test_bad_options_give_clear_errors():
         ({"invert": "no"}, TypeError, "invert must be True or False, got 'no'"),
         ({"seed": 1.5}, TypeError, "seed must be a non-negative integer or None, got 1.5"),
         ({"seed": -1}, TypeError, "seed must be a non-negative integer"),
+        ({"seed": 2**70}, ValueError, "seed must be below 2"),
+        ({"sigma2": True}, ValueError, "sigma2 must be a positive number, got True"),
     ],
 )
 def test_env_options_of_the_wrong_type_are_refused(options, error, message):
     with pytest.raises(error, match=message):
         make(**options)
+
+
+def test_aec_env_refuses_a_bad_action_at_the_step_that_gives_it():
+    aec = sketchenv.env(dataset=NOISE, n_lines=3, n_distractors=4)
+    aec.reset(seed=0)
+    assert aec.agent_selection == "sender_0"
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        aec.step(np.full((3, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"must have shape \(3, 4\)"):
+        aec.step(np.zeros((2, 4), np.float32))
+
+
+def test_env_takes_numpy_numbers_as_rl_libraries_pass_them():
+    assert make(sigma2=np.float32(1e-3), n_lines=np.int32(3)).core.sigma2 == pytest.approx(1e-3)
 
 
 def test_env_takes_numpy_integer_seeds_as_rl_libraries_pass_them():

@@ -72,7 +72,13 @@ def load_cifar(
 
     batches = spec.test_list if split == "test" else spec.train_list
     images, labels = _read_batches([folder / entry[0] for entry in batches])
-    classes = _unpickle(folder / spec.meta["filename"])[spec.meta["key"]]
+    meta = _unpickle(folder / spec.meta["filename"])
+    if spec.meta["key"] not in meta:
+        raise ValueError(
+            f"{folder / spec.meta['filename']} has no {spec.meta['key']!r}: it is not the "
+            f"{name} class list; delete it and download again (--download)"
+        )
+    classes = meta[spec.meta["key"]]
     rows = list(range(len(labels)))
     if split != "test":
         rows = train_or_val(labels, split, round(len(labels) * VAL_FRACTION), seed)
@@ -120,9 +126,14 @@ def _read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         batch = _unpickle(path)
         if "data" not in batch or not {"labels", "fine_labels"} & set(batch):
             raise ValueError(f"{path}: no 'data' and 'labels' in it: not a CIFAR batch")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072]")
+        data = np.asarray(batch["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(
+                f"{path}: 'data' is {data.dtype} of shape {data.shape}, expected uint8 [N, 3072]"
+            )
+        batch_labels = batch["labels"] if "labels" in batch else batch["fine_labels"]
+        if len(batch_labels) != len(data):
+            raise ValueError(f"{path}: {len(batch_labels)} labels for {len(data)} images")
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
+        labels.extend(batch_labels)
     return np.concatenate(images), np.asarray(labels, dtype=np.int64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .common import (
@@ -34,6 +35,8 @@ def load(
 ) -> FileImages:
     """The `split` of the image folder at `path` (see the module docstring for layouts)."""
     check_split(split, "imagefolder")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise TypeError(f"imagefolder: seed must be an integer, got {seed!r}")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
