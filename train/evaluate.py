@@ -27,6 +27,7 @@ shipped recogniser is used when one fits the run's dataset and image size.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -366,8 +367,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     write_atomic(output / "metrics.json", json.dumps(results, indent=2).encode())
     if sheet is not None:
-        save_image(sheet, output / ".sketches.png.tmp", format="png")
-        os.replace(output / ".sketches.png.tmp", output / "sketches.png")
+        png = io.BytesIO()
+        save_image(sheet, png, format="png")
+        write_atomic(output / "sketches.png", png.getvalue())
     print(format_summary(results), flush=True)
     written = ["metrics.json", "games.jsonl"] + (["sketches.png"] if sheet is not None else [])
     print(f"wrote {', '.join(written)} in {output}")

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agents.config import load_config_file
+from agents.files import write_atomic
 from agents.pretrain import (
     PretrainConfig,
     pretrain,
@@ -91,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     elif remake is not None:
         target = WEIGHTS_DIR / f"{remake}.pt"
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(Path(config.output) / "weights.pt", tmp)
-        os.replace(tmp, target)
+        write_atomic(target, (Path(config.output) / "weights.pt").read_bytes())
         print(f"installed {target}")
     return metrics
 

@@ -16,9 +16,9 @@ PNG grid of sketches per validation pass in ``grids/``, and ``last.pt`` / ``best
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -290,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
         )
     (out / "grids").mkdir(parents=True, exist_ok=True)
-    remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
+    for folder in (out, out / "grids"):  # of writes killed mid-way (real files are whole)
+        remove_stray_temporaries(folder)
     settings = game_settings(train_game)
     write_atomic(
         out / "config.json",
@@ -341,8 +342,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sender, receiver, val_game, batches, device, loss=config.loss, amp=use_amp
         )
         grid = sketch_grid(batch, outcome)
-        save_image(grid, out / "grids" / ".tmp.png")
-        os.replace(out / "grids" / ".tmp.png", out / "grids" / f"step{step:07d}.png")
+        png = io.BytesIO()
+        save_image(grid, png, format="png")
+        write_atomic(out / "grids" / f"step{step:07d}.png", png.getvalue())
         writer.add_image("val/sketches", grid, step)
         for key in ("loss", "comm_rate", "class_rate"):
             writer.add_scalar(f"val/{key}", metrics[key], step)
