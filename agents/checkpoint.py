@@ -67,12 +67,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint file from a file path or a run directory (``best.pt``, else ``last.pt``;
-    ``which="last"`` prefers ``last.pt``)."""
+    ``which="last"``: ``last.pt`` only, the state a resume continues)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        names = CHECKPOINT_NAMES if which == "best" else CHECKPOINT_NAMES[::-1]
+        names = CHECKPOINT_NAMES if which == "best" else ("last.pt",)
         for name in names:
             if (path / name).is_file():
                 return path / name

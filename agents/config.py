@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,11 +183,17 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.sigma2 is None or c.sigma2 > 0, "sigma2 must be > 0 (or unset)")
     need(c.epochs >= 1, "epochs must be >= 1")
     need(c.batch_size >= 1, "batch_size must be >= 1")
-    need(c.lr > 0, "lr must be > 0")
+    need(0 < c.lr < math.inf, "lr must be a finite number > 0")
+    need(0 <= c.seed < 2**63, "seed must be >= 0 (and below 2**63)")
+    need(c.backbone_width >= 1, "backbone_width must be >= 1")
     need(c.weight_decay >= 0, "weight_decay must be >= 0")
     need(c.warmup_steps >= 0, "warmup_steps must be >= 0")
     need(c.grad_clip is None or c.grad_clip >= 0, "grad_clip must be >= 0 (0 or unset: off)")
-    need(c.perceptual_coef >= 0, "perceptual_coef must be >= 0")
+    need(0 <= c.perceptual_coef < math.inf, "perceptual_coef must be a finite number >= 0")
+    need(
+        all(0 <= w < math.inf for w in c.perceptual_weights or []),
+        "perceptual_weights must be finite numbers >= 0",
+    )
     need(bool(c.perceptual_net), "perceptual_net must name a network (agents, edges, ...)")
     need(c.score_scale >= 1, "score_scale must be >= 1")
     need(c.val_games >= 1, "val_games must be >= 1")

@@ -38,7 +38,14 @@ def select_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: sketchenv runs on cpu or cuda (or auto)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch sees no CUDA device")
     return device

@@ -153,6 +153,16 @@ def test_a_game_too_big_for_memory_is_refused_up_front():
         (["train.selfplay", "--resume", "/nonexistent/run"], "does not exist"),
         (["train.selfplay", "--n-distractors", "3", "--batch-size", "3"], "less than one block"),
         (["train.selfplay", "--image-size", "30000"], "images at once"),
+        (["train.selfplay", "--device", "tpu"], "'tpu' is not a device"),
+        (["train.selfplay", "--device", "meta"], "sketchenv runs on cpu or cuda"),
+        (["train.selfplay", "--backbone-width", "0"], "backbone_width must be >= 1"),
+        (["train.selfplay", "--lr", "inf"], "lr must be a finite number > 0"),
+        (["train.selfplay", "--seed", "-1"], "seed must be >= 0"),
+        (["train.selfplay", "--perceptual-weights", "-1", "1", "1", "1"], "finite numbers >= 0"),
+        (["train.pretrain", "--lr", "nan"], "lr must be a finite number > 0"),
+        (["train.pretrain", "--seed", "-3"], "seed must be >= 0"),
+        (["train.experiments", "table1", "--eval-games", "0"], "--eval-games must be >= 1"),
+        (["train.play", "--seed", "-1", "--receiver", "random"], "--seed must be >= 0"),
         (["train.evaluate", "/nonexistent/run"], "does not exist"),
         (["train.pretrain", "--epochs", "0"], "epochs"),
         (["train.experiments", "table9"], "unknown table 'table9'"),
@@ -164,9 +174,51 @@ def test_commands_print_one_line_errors(command, message, monkeypatch, capsys, t
     with pytest.raises(SystemExit) as exit_info:
         run(command, monkeypatch)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"python -m {command[0]}: error: "), err
-    assert message in err[0]
+    err = capsys.readouterr().err.strip().splitlines()  # argparse's usage may come first
+    assert err[-1].startswith(f"python -m {command[0]}: error: ") and message in err[-1], err
+    assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_resume_needs_a_whole_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from agents.checkpoint import read_checkpoint, save_checkpoint
+
+    args = ["--n-distractors", "3", "--batch-size", "8", "--lines", "2", "--epochs", "1"]
+    args += ["--val-games", "8", "--max-steps", "1", "--output", str(tmp_path / "run")]
+    importlib.import_module("train.selfplay").main(args)
+    payload = read_checkpoint(tmp_path / "run", which="last")
+    del payload["rng"]
+    save_checkpoint(tmp_path / "run" / "last.pt", payload)
+    with pytest.raises(ValueError, match=r"lacks \['rng'\]: it cannot be resumed"):
+        importlib.import_module("train.selfplay").main(["--resume", str(tmp_path / "run")])
+    (tmp_path / "run" / "last.pt").rename(tmp_path / "run" / "best.pt")  # best only: no resume
+    with pytest.raises(ValueError, match=r"no checkpoint in .*: expected last\.pt"):
+        importlib.import_module("train.selfplay").main(["--resume", str(tmp_path / "run")])
+
+
+def test_a_finished_run_resumed_says_there_is_nothing_to_do(tmp_path, capsys):
+    selfplay = importlib.import_module("train.selfplay")
+    args = ["--n-distractors", "3", "--batch-size", "8", "--lines", "2", "--epochs", "1"]
+    selfplay.main([*args, "--val-games", "8", "--max-steps", "1", "--output", str(tmp_path)])
+    selfplay.main(["--resume", str(tmp_path), "--max-steps", "1"])
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('runs = "r1"\n', "runs must be tables, one \\[runs.<run>\\] per run"),
+        ('[runs.r1]\npaper = "high"\n', "paper must be a number"),
+    ],
+)
+def test_bad_experiment_tables_are_explained(table, message, tmp_path):
+    from train import experiments
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "table.toml").write_text(table)
+    (tmp_path / "t" / "r1.toml").write_text('game = "original"\n')
+    with pytest.raises(ValueError, match=message):
+        experiments.load_table("t", tmp_path)
+    assert "no tables in" in experiments.describe_tables(tmp_path / "t")
 
 
 def test_debug_keeps_the_traceback(monkeypatch, tmp_path):

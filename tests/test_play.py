@@ -384,6 +384,11 @@ def test_files_that_are_not_study_databases_are_refused_untouched(tmp_path):
         ):
             opener(other)
     assert other.read_bytes() == before
+    with sqlite3.connect(tmp_path / "games.sqlite") as connection:
+        connection.execute("CREATE TABLE games (score INTEGER)")  # a games table, not ours
+    connection.close()
+    with pytest.raises(ValueError, match="has a games table that is not a study's"):
+        load_rows(tmp_path / "games.sqlite")
     (tmp_path / "text.db").write_text("hello, not a database\n" * 100)
     with pytest.raises(ValueError, match=r"cannot open the study database .*text\.db"):
         load_rows(tmp_path / "text.db")

@@ -153,6 +153,17 @@ def load_table(name: str, root: str | Path = EXPERIMENTS_DIR) -> ExperimentTable
         raise ValueError(f"unknown table {name!r} in {root}: known tables are {known}")
     meta = load_config_file(folder / TABLE_FILE)
     entries = meta.get("runs", {})
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ValueError(
+            f"{folder / TABLE_FILE}: runs must be tables, one [runs.<run>] per run, got {entries!r}"
+        )
+    for run_name, entry in entries.items():
+        for key in ("paper", "paper_std"):
+            if entry.get(key) is not None and not isinstance(entry[key], int | float):
+                raise ValueError(
+                    f"{folder / TABLE_FILE}: [runs.{run_name}] {key} must be a number "
+                    f"(a percentage), got {entry[key]!r}"
+                )
     pretraining = {name: folder / f"pretrain-{name}.toml" for name in meta.get("pretrain", {})}
     for name, path in pretraining.items():
         if not path.is_file():
@@ -378,11 +389,13 @@ def run_table(
 ) -> Path:
     """Train (or skip/resume) and evaluate a table's runs, then write its results.
 
-    Returns the table's output folder. Stops with ``RuntimeError`` when a run ends before
+    Returns the table's output folder. Stops with ``StoppedEarly`` when a run ends before
     its budget (Ctrl-C, SIGTERM): rerunning resumes it. ``threads`` sets torch's CPU
     threads for this process (default: :data:`SMOKE_THREADS` at smoke scale, else torch's).
     """
     table = load_table(name, root)
+    if eval_games is not None and eval_games < 1:  # checked before hours of training
+        raise ValueError(f"--eval-games must be >= 1, got {eval_games}")
     if threads is None and scale == "smoke":
         threads = SMOKE_THREADS
     if threads is not None:
@@ -644,6 +657,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def describe_tables(root: str | Path = EXPERIMENTS_DIR) -> str:
     """The ``--list`` text: each table, its runs and the paper's rate."""
     lines = []
+    if not list_tables(root):
+        return f"no tables in {root} (a table is a folder holding {TABLE_FILE})"
     for name in list_tables(root):
         table = load_table(name, root)
         lines.append(f"{name}: {table.title}")

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # What a user's input or machine can cause (a bad value, a missing or damaged file, a
-# full disk); anything else is a bug and keeps its traceback.
-INPUT_ERRORS = (ValueError, TypeError, OSError, sqlite3.Error)
+# full disk, a loss that diverges at the chosen learning rate); anything else is a bug
+# and keeps its traceback.
+INPUT_ERRORS = (ValueError, TypeError, OSError, sqlite3.Error, FloatingPointError)
 
 
 def run_command(main: Callable[[Sequence[str]], Any], prog: str) -> None:

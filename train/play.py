@@ -279,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--csv goes with --report DB")
     if args.games < 1:
         parser.error(f"--games must be >= 1, got {args.games}")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed must be >= 0 and below 2**63, got {args.seed}")
     if min(args.window_size) < 320:
         parser.error(f"--window-size must be at least 320 320, got {args.window_size}")
     if args.n_lines is not None and args.n_lines < 1:

@@ -268,6 +268,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     epoch, batch_start, step, history, best = 0, 0, 0, [], {"val_comm_rate": -1.0, "step": -1}
     sums, n_steps = dict.fromkeys(("loss", "comm_rate", "class_rate"), 0.0), 0
     if resumed is not None:
+        state = ("optimizer", "scheduler", "scaler", "rng", "progress", "history", "best")
+        missing = [k for k in state if k not in resumed]
+        missing += [
+            f"progress.{k}"
+            for k in ("epoch", "batch", "step")
+            if k not in resumed.get("progress", {})
+        ]
+        if missing:
+            raise CheckpointError(f"{resumed['path']} lacks {missing}: it cannot be resumed")
         load_agent_weights(sender, receiver, resumed)
         try:
             optimizer.load_state_dict(resumed["optimizer"])
@@ -365,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         flush=True,
     )
     metrics = resumed["metrics"] if resumed else {}
+    if resumed and (epoch >= config.epochs or step >= (config.max_steps or math.inf)):
+        print(
+            f"nothing to do: {out} is at step {step} (epoch {epoch}/{config.epochs}); raise "
+            "--epochs (up to the schedule's) or --max-steps to train further",
+            flush=True,
+        )
     with stop_on_signal() as interrupted:
 
         def should_stop(after_step: bool = True) -> str | None:

@@ -140,6 +140,13 @@ class StudyDB:
                 f"{sorted(tables)}), not a study database; give --db another file"
             )
         if "games" in tables:
+            columns = {row[1] for row in self.connection.execute("PRAGMA table_info(games)")}
+            if not {"participant", "setting", "seed", "game_index", "strokes"} <= columns:
+                self.connection.close()
+                raise ValueError(
+                    f"{self.path} has a games table that is not a study's (columns "
+                    f"{sorted(columns)}); give --db another file"
+                )
             return
         if read_only:
             self.connection.close()
