@@ -397,6 +397,9 @@ def test_files_that_are_not_study_databases_are_refused_untouched(tmp_path):
         load_rows(tmp_path / "empty.db")
     with pytest.raises(ValueError, match=r"cannot open the study database .*text\.db/study"):
         StudyDB(tmp_path / "text.db" / "study.sqlite")  # a "folder" that is a file
+
+
+def test_a_study_database_in_a_read_only_folder_is_explained(tmp_path):
     (tmp_path / "locked").mkdir(mode=0o500)
     if os.access(tmp_path / "locked", os.W_OK):  # root can write anywhere
         pytest.skip("running as root: a read-only folder is writable")
