@@ -70,20 +70,29 @@ def test_run_directory_holds_config_logs_grids_and_checkpoints(folder, tmp_path)
         selfplay.main(tiny_args(folder, run_dir))
 
 
-def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path, monkeypatch):
-    selfplay.main(tiny_args(folder, tmp_path / "straight"))
-
+def run_with_sigterm_in_step(n: int, args: list[str]) -> int:
+    """``selfplay.main(args)`` with SIGTERM arriving during training step ``n``; returns how
+    many steps ran."""
     real_step, calls = selfplay.train_step, []
 
-    def step_then_sigterm(*args, **kwargs):  # SIGTERM arrives during step 2 (mid-epoch 1)
+    def step_then_sigterm(*step_args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == n:
             signal.raise_signal(signal.SIGTERM)
-        return real_step(*args, **kwargs)
+        return real_step(*step_args, **kwargs)
 
-    monkeypatch.setattr(selfplay, "train_step", step_then_sigterm)
-    selfplay.main(tiny_args(folder, tmp_path / "split"))
-    monkeypatch.setattr(selfplay, "train_step", real_step)
+    selfplay.train_step = step_then_sigterm
+    try:
+        selfplay.main(args)
+    finally:
+        selfplay.train_step = real_step
+    return len(calls)
+
+
+def test_interrupt_then_resume_equals_a_straight_run(folder, tmp_path):
+    selfplay.main(tiny_args(folder, tmp_path / "straight"))
+
+    assert run_with_sigterm_in_step(2, tiny_args(folder, tmp_path / "split")) == 2  # mid-epoch 1
     progress = read_checkpoint(tmp_path / "split", which="last")["progress"]
     assert (progress["epoch"], progress["batch"], progress["step"], progress["n_steps"]) == (
         0, 2, 2, 2
@@ -115,22 +124,12 @@ def read_rows(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_sigterm_in_an_epochs_last_step_validates_that_epoch(folder, tmp_path, monkeypatch):
-    real_step, calls = selfplay.train_step, []
-
-    def step_then_sigterm(*args, **kwargs):  # step 3 is the last of epoch 1
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(selfplay, "train_step", step_then_sigterm)
-    selfplay.main(tiny_args(folder, tmp_path / "run"))
+def test_sigterm_in_an_epochs_last_step_validates_that_epoch(folder, tmp_path):
+    assert run_with_sigterm_in_step(3, tiny_args(folder, tmp_path / "run")) == 3  # epoch 1's last
     progress = read_checkpoint(tmp_path / "run", which="last")["progress"]
     assert (progress["epoch"], progress["batch"], progress["step"]) == (1, 0, 3)
     assert [row["epoch"] for row in read_rows(tmp_path / "run")] == ["1"]  # its row...
     assert (tmp_path / "run" / "best.pt").exists()  # ...and its chance at best.pt
-    assert len(calls) == 3
 
 
 def test_resume_cannot_stretch_the_cosine_schedule(folder, tmp_path):
