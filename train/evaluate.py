@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
 
 from agents.backbones import describe_weights
 from agents.checkpoint import Run, load_run
@@ -161,12 +162,16 @@ def evaluation_game(run: Run, args: argparse.Namespace) -> SketchGame:
 
 def evaluation_batches(
     game: SketchGame, args: argparse.Namespace, blocks_per_batch: int
-) -> Iterator[GameBatch]:
-    """One pass over the split, or ``--games`` / ``--batches`` random ones; seeded."""
+) -> tuple[Iterator[GameBatch], int]:
+    """One pass over the split, or ``--games`` / ``--batches`` random ones (seeded), and
+    how many batches that is."""
     if args.games is None and args.batches is None:
-        return game.epoch(blocks_per_batch, torch.Generator().manual_seed(args.seed))
+        batches = game.epoch(blocks_per_batch, torch.Generator().manual_seed(args.seed))
+        return batches, math.ceil(game.blocks_per_epoch / blocks_per_batch)
     n_games = args.games or args.batches * blocks_per_batch * game.n_candidates
-    return validation_batches(game, n_games, blocks_per_batch, args.seed)
+    n_blocks = math.ceil(n_games / game.n_candidates)
+    batches = validation_batches(game, n_games, blocks_per_batch, args.seed)
+    return batches, math.ceil(n_blocks / blocks_per_batch)
 
 
 # ----- results --------------------------------------------------------------------------------
@@ -305,7 +310,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log_tmp = output / ".games.jsonl.tmp"
     try:
         with open(log_tmp, "w") as log, torch.no_grad():
-            for index, batch in enumerate(evaluation_batches(game, args, blocks_per_batch)):
+            batches, n_batches = evaluation_batches(game, args, blocks_per_batch)
+            bar = tqdm(batches, total=n_batches, desc="evaluate", unit="batch", leave=False)
+            for index, batch in enumerate(bar):
                 batch = batch.to(device, non_blocking=device.type == "cuda")
                 with autocast(device, amp):
                     outcome = play(sender, receiver, game, batch)
