@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.zoo import resolve_weights
+
 GAMES = ("original", "oo-same", "oo-different")
 # Keys that may change when a run is resumed (they do not affect what is computed).
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_budget", "device", "output", "log_every")
@@ -194,7 +196,13 @@ def check_config(c: SelfPlayConfig) -> None:
         all(0 <= w < math.inf for w in c.perceptual_weights or []),
         "perceptual_weights must be finite numbers >= 0",
     )
-    need(bool(c.perceptual_net), "perceptual_net must name a network (agents, edges, ...)")
+    need(
+        c.perceptual_net in ("agents", "edges", "drawing", "vgg16")
+        or c.perceptual_net.startswith("vgg16:")
+        or resolve_weights(c.perceptual_net) is not None,
+        f"unknown perceptual_net {c.perceptual_net!r}: choose agents, edges, drawing, vgg16, "
+        "vgg16:WEIGHTS, a weights file from python -m train.pretrain or a shipped name",
+    )
     need(c.score_scale >= 1, "score_scale must be >= 1")
     need(c.val_games >= 1, "val_games must be >= 1")
     need(c.max_steps is None or c.max_steps >= 1, "max_steps must be >= 1 (or unset)")

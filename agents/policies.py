@@ -166,7 +166,8 @@ class AgentPolicy:
             problems.append(f"images are {height}x{width} px, trained on {_size(self.image_size)}")
         n_lines = env.action_space("sender_0").shape[0]
         if self.sender is not None and self.n_lines is not None and n_lines != self.n_lines:
-            problems.append(f"the env wants {n_lines} strokes, the sender draws {self.n_lines}")
+            trained = getattr(self, "path", None) or "these agents"
+            problems.append(f"the env wants {n_lines} strokes, {trained} draws {self.n_lines}")
         if self.receiver is not None:
             problems.append(self._candidate_problem(env.action_space("receiver_0").n))
         core = getattr(getattr(env, "unwrapped", env), "core", None)

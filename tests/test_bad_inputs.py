@@ -38,6 +38,7 @@ from train.flags import run_command
         ({"image_size": "64"}, "'image_size' must be an integer or null"),
         ({"learning_rate": 1e-3}, r"unknown config key\(s\) \['learning_rate'\]"),
         ({"epochs": 0}, "epochs must be >= 1"),
+        ({"perceptual_net": "foo"}, "unknown perceptual_net 'foo'"),
     ],
 )
 def test_config_values_of_the_wrong_type_are_refused(values, message):

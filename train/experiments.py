@@ -183,8 +183,9 @@ def load_table(name: str, root: str | Path = EXPERIMENTS_DIR) -> ExperimentTable
     for run_name, entry in entries.items():
         path = folder / f"{run_name}.toml"
         values = load_config_file(path)
-        try:
-            config_from_dict(values)
+        try:  # a pretrain:NAME network exists only once the table's pretraining ran
+            pending = str(values.get("perceptual_net", "")).startswith(PRETRAIN_PREFIX)
+            config_from_dict(values | ({"perceptual_net": "drawing"} if pending else {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path} is not a valid train.selfplay config: {err}") from err
         runs.append(
