@@ -256,7 +256,16 @@ def read_state_dict(spec: str) -> dict[str, Any]:
         )
     if spec.startswith("stylized:"):
         spec = spec.removeprefix("stylized:")
-    path = download(spec) if spec.startswith(("http://", "https://")) else resolve_weights(spec)
+    if spec.startswith(("http://", "https://")):
+        try:
+            path = download(spec)
+        except OSError as err:  # URLError, refused, timed out
+            raise ConnectionError(
+                f"could not download the weights at {spec} ({getattr(err, 'reason', err)}): "
+                "check the address and the network, or download the file and pass its path"
+            ) from err
+    else:
+        path = resolve_weights(spec)
     if path is None:
         raise FileNotFoundError(
             f"weights file {spec!r} not found; --weights takes imagenet, stylized:PATH_OR_URL, "

@@ -51,6 +51,25 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def make_folder(path: str | Path, option: str = "--output") -> Path:
+    """Create the folder ``path`` (and its parents) for a run's files; a path that is a
+    file, or a place that cannot be written, is refused naming ``option``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{option} {path} is a file, not a folder: choose another {option}"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"{option} {path} cannot be created ({err.strerror or err}): choose a "
+            f"writable place for {option}",
+        ) from err
+    return path
+
+
 def remove_stray_temporaries(folder: str | Path) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` files a killed :func:`write_atomic` left in ``folder``."""
     stray = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []

@@ -33,7 +33,13 @@ from agents.backbones import BACKBONES, make_backbone, save_weights
 from agents.checkpoint import CheckpointError, save_checkpoint
 from agents.config import dataclass_from_mapping
 from agents.experiment import make_split
-from agents.files import CorruptFileError, load_torch, remove_stray_temporaries, write_atomic
+from agents.files import (
+    CorruptFileError,
+    load_torch,
+    make_folder,
+    remove_stray_temporaries,
+    write_atomic,
+)
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
@@ -264,7 +270,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
         raise FileExistsError(
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
     config = dataclasses.replace(config, output=str(out), image_size=image_size[0])
     write_atomic(

@@ -130,13 +130,16 @@ def test_object_games_on_one_class_and_bad_seeds_are_explained(tmp_path):
         imagefolder.load(tmp_path, "train", seed="x")
 
 
-def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built(tmp_path):
-    for c in ("a", "b"):
-        (tmp_path / c).mkdir()
-        for i in range(10):
-            Image.fromarray(np.full((1, 1, 3), 20 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+def test_an_image_too_small_to_hold_a_picture_is_named(tmp_path):
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    with pytest.raises(ValueError, match=r"dot\.png is 1x1 px, too small"):
+        read_image(tmp_path / "dot.png")
+
+
+def test_images_too_small_to_draw_on_are_refused_when_the_env_is_built():
+    dots = [(torch.rand(3, 1, 1), i % 2) for i in range(10)]  # a Dataset of 1x1 images
     with pytest.raises(ValueError, match="images are 1x1 px, too small to draw on"):
-        sketchenv.parallel_env(dataset=f"imagefolder:{tmp_path}", n_distractors=1)
+        sketchenv.parallel_env(dataset=dots, n_distractors=1)
 
 
 def test_a_game_too_big_for_memory_is_refused_up_front():
@@ -164,6 +167,10 @@ def test_a_game_too_big_for_memory_is_refused_up_front():
         (["train.pretrain", "--seed", "-3"], "seed must be >= 0"),
         (["train.experiments", "table1", "--eval-games", "0"], "--eval-games must be >= 1"),
         (["train.play", "--seed", "-1", "--receiver", "random"], "--seed must be >= 0"),
+        (["train.selfplay", "--output", "a-file"], "--output a-file is a file, not a folder"),
+        (["train.pretrain", "--output", "a-file"], "--output a-file is a file, not a folder"),
+        (["train.selfplay", "--output", "/proc/sketchenv-run"], "cannot be created"),
+        (["train.selfplay", "--weights", "http://127.0.0.1:9/w.pt"], "127.0.0.1:9/w.pt"),
         (["train.evaluate", "/nonexistent/run"], "does not exist"),
         (["train.pretrain", "--epochs", "0"], "epochs"),
         (["train.experiments", "table9"], "unknown table 'table9'"),
@@ -172,6 +179,8 @@ def test_a_game_too_big_for_memory_is_refused_up_front():
 )
 def test_commands_print_one_line_errors(command, message, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached downloads
     with pytest.raises(SystemExit) as exit_info:
         run(command, monkeypatch)
     assert exit_info.value.code == 2

@@ -399,6 +399,11 @@ def test_files_that_are_not_study_databases_are_refused_untouched(tmp_path):
         StudyDB(tmp_path / "text.db" / "study.sqlite")  # a "folder" that is a file
 
 
+def test_report_csv_to_a_folder_is_explained(fixture_db, tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"--csv .* is a folder: give a file name"):
+        play.main(["--report", str(fixture_db), "--csv", str(tmp_path)])
+
+
 def test_a_study_database_in_a_read_only_folder_is_explained(tmp_path):
     (tmp_path / "locked").mkdir(mode=0o500)
     if os.access(tmp_path / "locked", os.W_OK):  # root can write anywhere

@@ -47,7 +47,7 @@ from agents.backbones import describe_weights
 from agents.checkpoint import Run, load_run
 from agents.config import GAMES
 from agents.experiment import make_game
-from agents.files import write_atomic
+from agents.files import make_folder, write_atomic
 from agents.losses import game_loss
 from agents.recognise import Recogniser, check_independent
 from agents.trainer import autocast, play, select_device
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     classes = [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))]
     blocks_per_batch = max(1, (args.batch_size or run.config.batch_size) // game.n_candidates)
     output = Path(args.output) if args.output else default_output(args, game.game)
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
 
     # Play, logging every game as it is scored (to a temporary file, renamed at the end).
     recogniser = make_recogniser(run, game, args.recogniser, device)
@@ -311,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         with open(log_tmp, "w") as log, torch.no_grad():
             batches, n_batches = evaluation_batches(game, args, blocks_per_batch)
+            print(f"evaluating {n_batches} batches of {game.game} -> {output}", flush=True)
             bar = tqdm(batches, total=n_batches, desc="evaluate", unit="batch", leave=False)
             for index, batch in enumerate(bar):
                 batch = batch.to(device, non_blocking=device.type == "cuda")

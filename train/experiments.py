@@ -51,7 +51,7 @@ from agents.config import (
     default_sigma2,
     load_config_file,
 )
-from agents.files import write_atomic
+from agents.files import make_folder, write_atomic
 from agents.pretrain import RESUMABLE as PRETRAIN_RESUMABLE
 from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pretrain_checkpoint
 from agents.pretrain import resume_config as resume_pretraining
@@ -346,8 +346,7 @@ def train(config: SelfPlayConfig) -> str:
     status = run_status(config)
     if status == "finished":
         return status
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(config.output)
     if status == "new":
         settings = out / "experiment.json"  # JSON, not TOML: it can say null
         write_atomic(settings, json.dumps(config.to_dict(), indent=2))
@@ -404,7 +403,7 @@ def run_table(
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     runs = _select(table.runs, only)
-    folder = Path(output or f"runs/experiments/{scale}") / name
+    folder = make_folder(Path(output or f"runs/experiments/{scale}") / name)
     pretrained = {}
     for i, (system, path) in enumerate(table.pretraining.items(), 1):
         config = resolve_pretrain_config(

@@ -44,7 +44,7 @@ from agents.config import (
     load_config_file,
 )
 from agents.experiment import fill_defaults, make_agents, make_game
-from agents.files import remove_stray_temporaries, write_atomic
+from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
     epoch_bar,
@@ -298,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileExistsError(
             f"{out} already holds a run; continue it with --resume {out} or pick another --output"
         )
-    (out / "grids").mkdir(parents=True, exist_ok=True)
+    make_folder(out)
+    (out / "grids").mkdir(exist_ok=True)
     for folder in (out, out / "grids"):  # of writes killed mid-way (real files are whole)
         remove_stray_temporaries(folder)
     settings = game_settings(train_game)

@@ -13,11 +13,12 @@ communication rate as mean ± standard deviation over participants.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import sqlite3
-import tempfile
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from agents.files import write_atomic
 
 __all__ = [
     "GameRecord",
@@ -206,11 +209,16 @@ class StudyDB:
         }
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self.connection:  # one transaction, committed on exit
-            cursor = self.connection.execute(
-                f"INSERT INTO games ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
-                tuple(row.values()),
-            )
+        try:
+            with self.connection:  # one transaction, committed on exit
+                cursor = self.connection.execute(
+                    f"INSERT INTO games ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+                    tuple(row.values()),
+                )
+        except sqlite3.OperationalError as err:  # read-only file, full disk, locked
+            raise ValueError(
+                f"cannot record the game in {self.path} ({err}): give --db a writable file"
+            ) from err
         return cursor.rowcount == 1
 
     def rows(self) -> list[dict]:
@@ -341,18 +349,16 @@ def format_report(summary: Sequence[dict]) -> str:
 def write_csv(summary: Sequence[dict], path: str | os.PathLike) -> None:
     """Write the summary rows (fractions, not percent) to a CSV file, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"--csv {path} is a folder: give a file name, e.g. {path / 'study.csv'}"
+        )
     fields = list(dict.fromkeys(key for row in summary for key in row))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(summary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(summary)
+    write_atomic(path, text.getvalue())
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
@@ -361,3 +367,13 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"no study database at {path}; play some games first")
     with StudyDB(path, read_only=True) as db:
         return db.rows()
+
+
+if __name__ == "__main__":
+    print(
+        "python -m train.study: error: this is the study database's library, with no command "
+        "line; record games with python -m train.play --db FILE, report them with "
+        "python -m train.play --report FILE",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -173,6 +173,11 @@ def read_image(path: str | os.PathLike) -> Tensor:
             f"cannot read image {os.fspath(path)} ({type(err).__name__}: {err}): the file is "
             "corrupt, truncated or not an image; replace or remove it"
         ) from err
+    if min(rgb.shape[:2]) < 2:
+        raise ValueError(
+            f"image {os.fspath(path)} is {rgb.shape[1]}x{rgb.shape[0]} px, too small to hold "
+            "a picture: remove it"
+        )
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
