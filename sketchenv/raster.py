@@ -128,6 +128,10 @@ def _check_strokes(strokes: Tensor) -> None:
             f"strokes must be a torch.Tensor of shape [..., n_strokes, 4], "
             f"got {type(strokes).__name__}"
         )
+    if strokes.device.type == "meta":
+        raise ValueError(
+            "strokes are on the meta device, which holds no values: make them on cpu or cuda"
+        )
     if not strokes.is_floating_point():
         raise TypeError(
             f"strokes must be a floating-point tensor, got dtype {strokes.dtype}; "

@@ -46,6 +46,13 @@ def test_config_values_of_the_wrong_type_are_refused(values, message):
         config_from_dict(values)
 
 
+def test_strokes_on_the_meta_device_are_refused():
+    from sketchenv.raster import render_strokes
+
+    with pytest.raises(ValueError, match="meta device, which holds no values"):
+        render_strokes(torch.zeros(5, 4, device="meta"), 32)
+
+
 def test_config_accepts_what_json_and_toml_give():
     config = config_from_dict({"lr": 1, "image_size": None, "perceptual_weights": [1, 2.5]})
     assert (config.lr, config.image_size, config.perceptual_weights) == (1, None, [1, 2.5])

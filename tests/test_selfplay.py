@@ -225,7 +225,7 @@ def test_pretrained_weights_and_perceptual_network_options(folder, tmp_path):
                 folder, tmp_path / "b", "--weights", str(tmp_path / "w.pt"), "--backbone-width", "8"
             )
         )
-    with pytest.raises(ValueError, match="unknown --perceptual-net"):
+    with pytest.raises(ValueError, match="unknown perceptual_net"):
         selfplay.main(
             tiny_args(folder, tmp_path / "c", "--perceptual-coef", "1", "--perceptual-net", "lpips")
         )

@@ -47,7 +47,7 @@ from agents.backbones import describe_weights
 from agents.checkpoint import Run, load_run
 from agents.config import GAMES
 from agents.experiment import make_game
-from agents.files import make_folder, write_atomic
+from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.losses import game_loss
 from agents.recognise import Recogniser, check_independent
 from agents.trainer import autocast, play, select_device
@@ -301,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     blocks_per_batch = max(1, (args.batch_size or run.config.batch_size) // game.n_candidates)
     output = Path(args.output) if args.output else default_output(args, game.game)
     make_folder(output)
+    remove_stray_temporaries(output)  # a killed evaluation's half-written games log
 
     # Play, logging every game as it is scored (to a temporary file, renamed at the end).
     recogniser = make_recogniser(run, game, args.recogniser, device)

@@ -403,7 +403,7 @@ def run_table(
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     runs = _select(table.runs, only)
-    folder = make_folder(Path(output or f"runs/experiments/{scale}") / name)
+    folder = make_folder(make_folder(output or f"runs/experiments/{scale}") / name)
     pretrained = {}
     for i, (system, path) in enumerate(table.pretraining.items(), 1):
         config = resolve_pretrain_config(
