@@ -74,3 +74,12 @@ def test_the_digest_sees_every_byte_type_and_order():
     ]
     assert len({content_digest(base), *map(content_digest, changed)}) == len(changed) + 1
     assert content_digest(base) == content_digest({"a": torch.zeros(3), "b": 1})
+
+
+def test_the_shipped_weights_carry_their_digest():
+    from agents.zoo import WEIGHTS_DIR, shipped
+
+    for name in shipped():
+        path = WEIGHTS_DIR / f"{name}.pt"
+        assert "sha256" in torch.load(path, weights_only=True), name
+        load_torch(path)  # and it matches
