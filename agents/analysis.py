@@ -200,7 +200,9 @@ def stroke_ablation(
         for k in range(n_lines):
             removed = torch.zeros(strokes.shape[:-1], dtype=torch.bool, device=strokes.device)
             removed[..., k] = True
-            wins["by_index"][k] += hits(game, score, game.render(remove_strokes(strokes, removed)), batch)
+            wins["by_index"][k] += hits(
+                game, score, game.render(remove_strokes(strokes, removed)), batch
+            )
         order = stroke_ink(game, strokes).argsort(-1, descending=True)
         position = order.argsort(-1)  # 0 = the inkiest stroke of its sketch
         for k in range(n_lines + 1):
@@ -208,7 +210,9 @@ def stroke_ablation(
                 ("most_ink_first", position < k),
                 ("least_ink_first", position >= n_lines - k),
             ):
-                wins[key][k] += hits(game, score, game.render(remove_strokes(strokes, removed)), batch)
+                wins[key][k] += hits(
+                    game, score, game.render(remove_strokes(strokes, removed)), batch
+                )
     n_games = sum(batch.targets.numel() for batch in batches)
     return {key: [won / n_games for won in value] for key, value in wins.items()}
 

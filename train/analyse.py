@@ -52,17 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--games", type=int, default=1000, metavar="N", help="games played [1000]")
     p.add_argument("--seed", type=int, default=0, help="picks the games and permutations [0]")
     p.add_argument(
-        "--topsim-sketches", type=int, default=300, metavar="N",
+        "--topsim-sketches",
+        type=int,
+        default=300,
+        metavar="N",
         help="sketches (of distinct images) in the topographic similarity [300]",
     )
     p.add_argument("--permutations", type=int, default=1000, metavar="N", help="[1000]")
     p.add_argument(
-        "--features", metavar="WEIGHTS",
+        "--features",
+        metavar="WEIGHTS",
         help="network whose features give the images' distances: a weights file, a shipped "
         "name, or 'pixels' ['<dataset>-recogniser-<size>' when shipped, else pixels]",
     )
     p.add_argument(
-        "--recogniser", metavar="WEIGHTS",
+        "--recogniser",
+        metavar="WEIGHTS",
         help="classifier for per-class recognisability, as in train.evaluate ['none' skips]",
     )
     p.add_argument("--per-class", type=int, default=6, metavar="N", help="sketches per class [6]")
@@ -90,7 +95,9 @@ def check_same_game(runs: Sequence[Run]) -> None:
 def play_run(run: Run, game: SketchGame, batches: Sequence[GameBatch]) -> dict[str, Tensor]:
     """The run's strokes and (greyscale) sketches for every game, with the games' images,
     labels and sender ids, flattened over batches."""
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("strokes", "sketches", "images", "labels", "ids")}
+    parts: dict[str, list[Tensor]] = {
+        k: [] for k in ("strokes", "sketches", "images", "labels", "ids")
+    }
     for batch in batches:
         strokes = analysis.draw(run.sender, batch)
         parts["strokes"].append(strokes.flatten(0, 1).cpu())
@@ -107,19 +114,23 @@ def feature_network(spec: str, game: SketchGame) -> torch.nn.Module | None:
         return None
     path = resolve_weights(spec)
     if path is None:
-        raise FileNotFoundError(f"--features {spec!r} not found: give a weights file, a shipped "
-                                f"name ({', '.join(shipped())}) or 'pixels'")
+        raise FileNotFoundError(
+            f"--features {spec!r} not found: give a weights file, a shipped "
+            f"name ({', '.join(shipped())}) or 'pixels'"
+        )
     _, info = read_weights(path)
     if info is None:
         raise ValueError(f"--features {spec!r} is not a weights file of python -m train.pretrain")
-    backbone = make_backbone(info["backbone"], path, width=info.get("width") or 32,
-                             image_size=game.image_size)
+    backbone = make_backbone(
+        info["backbone"], path, width=info.get("width") or 32, image_size=game.image_size
+    )
     return backbone.eval()
 
 
 @torch.no_grad()
-def topographic(drawn: dict[str, Tensor], features: torch.nn.Module | None, n: int,
-                permutations: int, seed: int) -> dict[str, Any]:
+def topographic(
+    drawn: dict[str, Tensor], features: torch.nn.Module | None, n: int, permutations: int, seed: int
+) -> dict[str, Any]:
     """Topographic similarity of the first ``n`` distinct images' sketches, in stroke space
     and in pixel space, against the images' distances in ``features`` (or pixels)."""
     first_game: dict[int, int] = {}
@@ -132,15 +143,18 @@ def topographic(drawn: dict[str, Tensor], features: torch.nn.Module | None, n: i
     else:
         meaning = analysis.cosine_distances(pool(features(images)))
     result = {"sketches": len(keep)}
-    for space, form in (("strokes", analysis.stroke_set_distances(strokes)),
-                        ("pixels", analysis.pixel_distances(sketches))):
+    for space, form in (
+        ("strokes", analysis.stroke_set_distances(strokes)),
+        ("pixels", analysis.pixel_distances(sketches)),
+    ):
         generator = torch.Generator().manual_seed(seed)
         result[space] = analysis.topographic_similarity(meaning, form, permutations, generator)
     return result
 
 
-def per_class(drawn: dict[str, Tensor], classes: Sequence[str], recognised: Tensor | None,
-              n_show: int) -> tuple[dict[str, Any], Tensor]:
+def per_class(
+    drawn: dict[str, Tensor], classes: Sequence[str], recognised: Tensor | None, n_show: int
+) -> tuple[dict[str, Any], Tensor]:
     """Per class: games, recognisability (when a recogniser ran); and a sheet whose row ``c``
     is the class's mean sketch, then ``n_show`` (image, sketch) pairs."""
     rows, numbers = [], {}
@@ -220,10 +234,19 @@ def plot_cross_play(matrix: Tensor, names: Sequence[str], path: Path) -> None:
     size = 1.2 + 0.9 * len(names)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
-    for (s, r), value in zip(torch.cartesian_prod(*(torch.arange(len(names)),) * 2).tolist(),
-                             matrix.flatten().tolist(), strict=True):
-        ax.text(r, s, f"{value:.2f}", ha="center", va="center",
-                color="black" if value > 0.5 else "white")
+    for (s, r), value in zip(
+        torch.cartesian_prod(*(torch.arange(len(names)),) * 2).tolist(),
+        matrix.flatten().tolist(),
+        strict=True,
+    ):
+        ax.text(
+            r,
+            s,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            color="black" if value > 0.5 else "white",
+        )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("receiver")
@@ -276,8 +299,12 @@ def plot_classes(sheet: Tensor, classes: Sequence[str], path: Path) -> None:
 
 def summary(values: Tensor) -> dict[str, float]:
     values = values.float()
-    return {"mean": values.mean().item(), "median": values.median().item(),
-            "min": values.min().item(), "max": values.max().item()}
+    return {
+        "mean": values.mean().item(),
+        "median": values.median().item(),
+        "min": values.min().item(),
+        "max": values.max().item(),
+    }
 
 
 def write_report(results: dict[str, Any], output: Path) -> None:
@@ -325,8 +352,15 @@ def write_report(results: dict[str, Any], output: Path) -> None:
     ]
     for name, row in zip(names, results["cross_play"], strict=True):
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    lines += ["", "![cross-play](cross-play.png)", "", "## Training curves", "",
-              "![training curves](curves.png)", ""]
+    lines += [
+        "",
+        "![cross-play](cross-play.png)",
+        "",
+        "## Training curves",
+        "",
+        "![training curves](curves.png)",
+        "",
+    ]
     for name, r in results["runs"].items():
         lines += [
             f"## {name}",
@@ -355,8 +389,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for flag in ("games", "topsim_sketches", "permutations", "per_class", "n_distractors"):
         value = getattr(args, flag)
         if value is not None and value < (3 if flag == "topsim_sketches" else 1):
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least "
-                             f"{3 if flag == 'topsim_sketches' else 1}, got {value}")
+            raise ValueError(
+                f"--{flag.replace('_', '-')} must be at least "
+                f"{3 if flag == 'topsim_sketches' else 1}, got {value}"
+            )
     pyplot()  # fail before the work when matplotlib is missing
     started = time.perf_counter()
     device = select_device(args.device)
@@ -375,8 +411,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     features_spec = args.features or default_features(runs[0], game)
     features = feature_network(features_spec, game)
     features = features.to(device) if features is not None else None
-    print(f"analysing {len(runs)} run(s) on {sum(b.targets.numel() for b in batches)} "
-          f"{game.game} games -> {output}", flush=True)
+    print(
+        f"analysing {len(runs)} run(s) on {sum(b.targets.numel() for b in batches)} "
+        f"{game.game} games -> {output}",
+        flush=True,
+    )
 
     results: dict[str, Any] = {"runs": {}}
     chance = 1 / game.n_candidates
@@ -385,8 +424,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         recogniser = make_recogniser(run, game, args.recogniser, device)
         recognised = None
         if recogniser is not None:
-            predicted = torch.cat([recogniser(s.expand(-1, 3, -1, -1).to(device)).cpu()
-                                   for s in drawn["sketches"].unsqueeze(1).split(500)])
+            predicted = torch.cat(
+                [
+                    recogniser(s.expand(-1, 3, -1, -1).to(device)).cpu()
+                    for s in drawn["sketches"].unsqueeze(1).split(500)
+                ]
+            )
             recognised = predicted == drawn["labels"]
         numbers, sheet = per_class(drawn, classes, recognised, args.per_class)
         stats = analysis.drawing_statistics(game, drawn["strokes"], drawn["sketches"])
@@ -400,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "comm_rate": ablation["most_ink_first"][0],
             "recognisability": None if recognised is None else recognised.float().mean().item(),
             "topographic_similarity": topographic(
-                drawn, features, args.topsim_sketches, args.permutations, args.seed),
+                drawn, features, args.topsim_sketches, args.permutations, args.seed
+            ),
             "ablation": ablation,
             "per_class": numbers,
             "drawing": {k: summary(v) for k, v in stats.items() if k != "ink_map"},
@@ -408,21 +452,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "curves": training_curves(run),
         }
     print("cross-play", flush=True)
-    matrix = analysis.cross_play([r.sender for r in runs], [r.receiver for r in runs], game, batches)
+    matrix = analysis.cross_play(
+        [r.sender for r in runs], [r.receiver for r in runs], game, batches
+    )
     results["cross_play"] = matrix.tolist()
     plot_cross_play(matrix, names, output / "cross-play.png")
     plot_curves({n: r["curves"] for n, r in results["runs"].items()}, chance, output / "curves.png")
     results["settings"] = {
-        "dataset": runs[0].config.dataset, "split": args.split, "game": game.game,
-        "games": sum(b.targets.numel() for b in batches), "n_candidates": game.n_candidates,
-        "n_lines": game.n_lines, "chance": chance, "seed": args.seed, "features": features_spec,
-        "permutations": args.permutations, "device": str(device),
+        "dataset": runs[0].config.dataset,
+        "split": args.split,
+        "game": game.game,
+        "games": sum(b.targets.numel() for b in batches),
+        "n_candidates": game.n_candidates,
+        "n_lines": game.n_lines,
+        "chance": chance,
+        "seed": args.seed,
+        "features": features_spec,
+        "permutations": args.permutations,
+        "device": str(device),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_atomic(output / "results.json", json.dumps(results, indent=2).encode())
     write_report(results, output)
-    print(f"wrote report.md, results.json and figures in {output} "
-          f"({results['settings']['seconds']:.0f} s)")
+    print(
+        f"wrote report.md, results.json and figures in {output} "
+        f"({results['settings']['seconds']:.0f} s)"
+    )
     return results
 
 
