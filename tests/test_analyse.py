@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from test_evaluate import constant_recogniser
 from test_policies import make_tiny_run
 
 from agents import analysis
@@ -209,3 +210,23 @@ def test_bad_input_gives_clear_errors(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"sketchenv\[analyse\]"):
         main([str(runs["trained"]), "--output", str(tmp_path / "z")])
+
+
+def test_per_class_recognisability_with_a_known_answer(runs, tmp_path):
+    classes = load_run(runs["trained"]).make_game("test").dataset.classes
+    constant_recogniser(tmp_path / "always2.pt", 16, classes, answer=2)
+    results = main(
+        [
+            str(runs["trained"]),
+            "--games=48",
+            "--permutations=10",
+            "--topsim-sketches=10",
+            f"--recogniser={tmp_path / 'always2.pt'}",
+            f"--output={tmp_path / 'r'}",
+        ]
+    )
+    per_class = results["runs"][runs["trained"].name]["per_class"]
+    for c, name in enumerate(classes):
+        assert per_class[name]["recognisability"] == (1.0 if c == 2 else 0.0)
+    share = per_class[classes[2]]["games"] / sum(row["games"] for row in per_class.values())
+    assert results["runs"][runs["trained"].name]["recognisability"] == pytest.approx(share)

@@ -152,6 +152,17 @@ def topographic(
     return result
 
 
+@torch.no_grad()
+def recognise(recogniser: torch.nn.Module | None, drawn: dict[str, Tensor]) -> Tensor | None:
+    """Per sketch: does the recogniser name its image's class? (None without one.)"""
+    if recogniser is None:
+        return None
+    device = next(recogniser.parameters()).device
+    sketches = drawn["sketches"].unsqueeze(1).expand(-1, 3, -1, -1)
+    names = torch.cat([recogniser(part.to(device)).cpu() for part in sketches.split(500)])
+    return names == drawn["labels"]
+
+
 def per_class(
     drawn: dict[str, Tensor], classes: Sequence[str], recognised: Tensor | None, n_show: int
 ) -> tuple[dict[str, Any], Tensor]:
@@ -218,9 +229,9 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], chance: float, path: 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for name, c in curves.items():
-        axes[0].plot(c["games"], c["val_comm_rate"], label=name)
+        axes[0].plot([g / 1000 for g in c["games"]], c["val_comm_rate"], label=name)
         axes[1].plot([s / 60 for s in c["seconds"]], c["val_comm_rate"], label=name)
-    for ax, xlabel in zip(axes, ("games played", "wall time (min)"), strict=True):
+    for ax, xlabel in zip(axes, ("games played (thousands)", "wall time (min)"), strict=True):
         ax.axhline(chance, color="grey", ls=":", lw=1)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -419,42 +430,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {"runs": {}}
     chance = 1 / game.n_candidates
-    for run, name in tqdm(list(zip(runs, names, strict=True)), desc="runs", unit="run"):
+    bar = tqdm(total=3 * len(runs) + 1, desc="analyse", unit="part")
+    for run, name in zip(runs, names, strict=True):
+        bar.set_postfix_str(f"{name}: drawing")
         drawn = play_run(run, game, batches)
-        recogniser = make_recogniser(run, game, args.recogniser, device)
-        recognised = None
-        if recogniser is not None:
-            predicted = torch.cat(
-                [
-                    recogniser(s.expand(-1, 3, -1, -1).to(device)).cpu()
-                    for s in drawn["sketches"].unsqueeze(1).split(500)
-                ]
-            )
-            recognised = predicted == drawn["labels"]
+        recognised = recognise(make_recogniser(run, game, args.recogniser, device), drawn)
         numbers, sheet = per_class(drawn, classes, recognised, args.per_class)
         stats = analysis.drawing_statistics(game, drawn["strokes"], drawn["sketches"])
+        bar.update()
+        bar.set_postfix_str(f"{name}: stroke ablation")
         ablation = analysis.stroke_ablation(run.sender, run.receiver, game, batches)
+        bar.update()
+        bar.set_postfix_str(f"{name}: topographic similarity")
+        topsim = topographic(drawn, features, args.topsim_sketches, args.permutations, args.seed)
+        bar.update()
         figures = {k: f"{k}-{name}.png" for k in ("ablation", "drawing", "classes")}
         plot_ablation(ablation, chance, output / figures["ablation"])
         plot_drawing(stats, output / figures["drawing"])
         plot_classes(sheet, classes, output / figures["classes"])
         results["runs"][name] = {
             "checkpoint": run.path,
-            "comm_rate": ablation["most_ink_first"][0],
+            "comm_rate": ablation["most_ink_first"][0],  # nothing removed
             "recognisability": None if recognised is None else recognised.float().mean().item(),
-            "topographic_similarity": topographic(
-                drawn, features, args.topsim_sketches, args.permutations, args.seed
-            ),
+            "topographic_similarity": topsim,
             "ablation": ablation,
             "per_class": numbers,
             "drawing": {k: summary(v) for k, v in stats.items() if k != "ink_map"},
             "figures": figures,
             "curves": training_curves(run),
         }
-    print("cross-play", flush=True)
+    bar.set_postfix_str("cross-play")
     matrix = analysis.cross_play(
         [r.sender for r in runs], [r.receiver for r in runs], game, batches
     )
+    bar.update()
+    bar.close()
     results["cross_play"] = matrix.tolist()
     plot_cross_play(matrix, names, output / "cross-play.png")
     plot_curves({n: r["curves"] for n, r in results["runs"].items()}, chance, output / "curves.png")
