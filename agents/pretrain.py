@@ -45,6 +45,7 @@ from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
     epoch_bar,
     lr_factor,
+    schedule_horizon,
     seeded_generator,
     stop_on_signal,
     stop_reason_now,
@@ -220,15 +221,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
             f"{config.batch_size}: lower the batch size"
         )
     steps_per_epoch = len(train) // config.batch_size  # whole batches only (BatchNorm heads)
-    total_steps = config.epochs * steps_per_epoch  # the cosine schedule, laid out once
-    if resumed is not None:
-        total_steps = resumed["progress"].get("schedule_steps", total_steps)
-        if config.epochs * steps_per_epoch > total_steps:
-            raise ValueError(
-                f"--epochs {config.epochs} goes past the cosine schedule this run was started "
-                f"with ({total_steps // steps_per_epoch} epochs; its learning rate reaches 0 "
-                "there): resume with at most that many, or start a new run"
-            )
+    total_steps = schedule_horizon(config.epochs, steps_per_epoch, resumed)  # cosine
     augment = dataclasses.replace(AUGMENTATIONS[config.method], drawing_p=config.drawings)
 
     # The backbone (VGG16 sees ImageNet-normalised images, as its consumers will feed it)

@@ -100,3 +100,22 @@ def stop_on_signal() -> Iterator[dict]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def schedule_horizon(
+    epochs: int, steps_per_epoch: int, resumed: dict[str, Any] | None, cosine: bool = True
+) -> int:
+    """The learning-rate schedule's length in steps: laid out by the run's first
+    ``--epochs`` and kept on ``--resume`` (a cosine schedule that has reached 0 cannot
+    be stretched: resuming with more epochs than it spans is refused)."""
+    total = epochs * steps_per_epoch
+    if resumed is None:
+        return total
+    horizon = resumed["progress"].get("schedule_steps", total)
+    if total > horizon and cosine:
+        raise ValueError(
+            f"--epochs {epochs} goes past the cosine schedule this run was started "
+            f"with ({horizon // steps_per_epoch} epochs; its learning rate reaches 0 "
+            "there): resume with at most that many, or start a new run"
+        )
+    return horizon

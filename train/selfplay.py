@@ -49,6 +49,7 @@ from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
     epoch_bar,
     lr_factor,
+    schedule_horizon,
     seeded_generator,
     stop_on_signal,
     stop_reason_now,
@@ -222,15 +223,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     blocks_per_batch = config.batch_size // train_game.n_candidates
     steps_per_epoch = math.ceil(train_game.blocks_per_epoch / blocks_per_batch)
     # The LR schedule's horizon (not max_steps), laid out by the run's first --epochs.
-    total_steps = config.epochs * steps_per_epoch
-    if resumed is not None:
-        total_steps = resumed["progress"].get("schedule_steps", total_steps)
-        if config.epochs * steps_per_epoch > total_steps and config.lr_schedule == "cosine":
-            raise ValueError(
-                f"--epochs {config.epochs} goes past the cosine schedule this run was started "
-                f"with ({total_steps // steps_per_epoch} epochs; its learning rate reaches 0 "
-                "there): resume with at most that many, or start a new run"
-            )
+    total_steps = schedule_horizon(
+        config.epochs, steps_per_epoch, resumed, config.lr_schedule == "cosine"
+    )
 
     # Agents and optimiser. A shared encoder's parameters are counted (and updated) once.
     sender, receiver = make_agents(config, train_game.image_size, load_weights=resumed is None)
