@@ -141,7 +141,8 @@ def topographic(
     if features is None:
         meaning = analysis.pixel_distances(images)
     else:
-        meaning = analysis.cosine_distances(pool(features(images)))
+        device = next(features.parameters()).device
+        meaning = analysis.cosine_distances(pool(features(images.to(device))).cpu())
     result = {"sketches": len(keep)}
     for space, form in (
         ("strokes", analysis.stroke_set_distances(strokes)),
