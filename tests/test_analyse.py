@@ -169,7 +169,10 @@ def test_drawing_statistics_by_hand(runs):
 # ----- the command ---------------------------------------------------------------------------
 def test_report_of_two_runs_is_complete_consistent_and_repeatable(runs, tmp_path):
     flags = ["--games=48", "--permutations=50", "--topsim-sketches=20", "--per-class=2"]
-    results = main([str(runs["trained"]), str(runs["other"]), *flags, f"--output={tmp_path / 'a'}"])
+    with pytest.warns(UserWarning, match=r"trained with seeds \[0, 1\]"):
+        results = main(
+            [str(runs["trained"]), str(runs["other"]), *flags, f"--output={tmp_path / 'a'}"]
+        )
     names = list(results["runs"])
     assert names == [runs["trained"].name, runs["other"].name]
     for name in names:

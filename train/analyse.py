@@ -3,8 +3,8 @@
     python -m train.analyse runs/a                           # -> runs/a/analysis-test-original/
     python -m train.analyse runs/s0 runs/s1 runs/s2 --output reports/seeds
 
-Every run plays the same games (``--games`` random ones of ``--split``, picked by
-``--seed``). For each run: topographic similarity (do similar images get similar
+Every run plays the same games: one pass over ``--split`` (every image the target of one
+game, as in ``train.evaluate``), or ``--games`` random ones; ``--seed`` picks them. For each run: topographic similarity (do similar images get similar
 sketches?), stroke ablation (which strokes carry the message), per-class sheets with the
 mean sketch and the class's recognisability, and statistics of the drawing. For all runs
 together: cross-play (every sender with every receiver) and the training curves. Written
@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="[test]")
     p.add_argument("--game", choices=GAMES, help="game variant [the first run's]")
     p.add_argument("--n-distractors", type=int, metavar="N", help="[the first run's]")
-    p.add_argument("--games", type=int, default=1000, metavar="N", help="games played [1000]")
+    p.add_argument(
+        "--games", type=int, metavar="N", help="random games, whole blocks [one pass, as evaluate]"
+    )
     p.add_argument("--seed", type=int, default=0, help="picks the games and permutations [0]")
     p.add_argument(
         "--topsim-sketches",
@@ -89,6 +92,16 @@ def check_same_game(runs: Sequence[Run]) -> None:
             )
         check_pairing(first, other)
         check_pairing(other, first)
+    seeds = sorted({run.config.seed for run in runs})
+    if len(seeds) > 1:
+        warnings.warn(
+            f"the runs were trained with seeds {seeds}, and a dataset's seed fixes its generated "
+            f"images and the held-out splits it draws: every run plays on the split of "
+            f"{first.path} (seed {first.config.seed}), which another run may have trained on "
+            "where a dataset draws its held-out splits by seed (Caltech-101, CIFAR's "
+            "validation split; not shapes, whose images differ by seed, nor official test sets)",
+            stacklevel=2,
+        )
 
 
 @torch.no_grad()
@@ -327,7 +340,7 @@ def write_report(results: dict[str, Any], output: Path) -> None:
         "# What the sketches say",
         "",
         f"{s['game']} game on the {s['split']} split of `{s['dataset']}`: {s['games']} games "
-        f"per run with {s['n_candidates']} candidates (chance {s['chance']:.3f}), seed "
+        f"({s['sampling']}; the dataset of seed {s['dataset_seed']}) per run with {s['n_candidates']} candidates (chance {s['chance']:.3f}), seed "
         f"{s['seed']}. Image distances in the features of `{s['features']}`.",
         "",
         "| run | comm. rate | topographic similarity, strokes (p) | the same, pixels (p) "
@@ -471,9 +484,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_curves({n: r["curves"] for n, r in results["runs"].items()}, chance, output / "curves.png")
     results["settings"] = {
         "dataset": runs[0].config.dataset,
+        "dataset_seed": runs[0].config.seed,
         "split": args.split,
         "game": game.game,
         "games": sum(b.targets.numel() for b in batches),
+        "sampling": "random" if args.games else "one pass",
         "n_candidates": game.n_candidates,
         "n_lines": game.n_lines,
         "chance": chance,
