@@ -189,7 +189,10 @@ def test_report_of_two_runs_is_complete_consistent_and_repeatable(runs, tmp_path
     evaluated = evaluate([str(runs["trained"]), "--games=48", "--output", str(tmp_path / "e")])
     assert results["runs"][names[0]]["comm_rate"] == pytest.approx(evaluated["comm_rate"])
     # Same seed, same numbers; written as results.json.
-    again = main([str(runs["trained"]), str(runs["other"]), *flags, f"--output={tmp_path / 'b'}"])
+    with pytest.warns(UserWarning, match="trained with seeds"):
+        again = main(
+            [str(runs["trained"]), str(runs["other"]), *flags, f"--output={tmp_path / 'b'}"]
+        )
     for r in (results, again):
         r["settings"].pop("seconds")
         for run in r["runs"].values():
