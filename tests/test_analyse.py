@@ -14,7 +14,7 @@ from agents import analysis
 from agents.checkpoint import CheckpointError, load_run
 from sketchenv.game import SketchGame
 from sketchenv.raster import render_strokes, to_rgb
-from train.analyse import main
+from train.analyse import image_distances, main
 from train.evaluate import main as evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -77,6 +77,9 @@ def test_a_sender_that_copies_the_image_has_a_clearly_positive_topographic_simil
     g = torch.Generator().manual_seed(0)
     copy = analysis.topographic_similarity(analysis.pixel_distances(images), form, 200, g)
     assert copy["rho"] > 0.3 and copy["p_value"] < 0.01
+    drawings = image_distances("drawing", None, torch.device("cpu"))(to_rgb(images))
+    in_drawings = analysis.topographic_similarity(drawings, form, 200, g)
+    assert in_drawings["rho"] > 0.3 and in_drawings["p_value"] < 0.01
     # A sender that ignores the image: unrelated strokes are not similar in the same way.
     unrelated = analysis.stroke_set_distances(random_strokes(60, 4, seed=5))
     chance = analysis.topographic_similarity(analysis.pixel_distances(images), unrelated, 200, g)
@@ -228,9 +231,11 @@ def test_per_class_recognisability_with_a_known_answer(runs, tmp_path):
             "--permutations=10",
             "--topsim-sketches=10",
             f"--recogniser={tmp_path / 'always2.pt'}",
+            "--features=drawing",
             f"--output={tmp_path / 'r'}",
         ]
     )
+    assert results["settings"]["features"] == "drawing"
     per_class = results["runs"][runs["trained"].name]["per_class"]
     for c, name in enumerate(classes):
         assert per_class[name]["recognisability"] == (1.0 if c == 2 else 0.0)

@@ -21,11 +21,12 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from agents import analysis
 from agents.backbones import make_backbone, read_weights
 from agents.checkpoint import Run, load_run
 from agents.config import GAMES
+from agents.edges import line_drawing
 from agents.files import make_folder, write_atomic
 from agents.methods import pool
 from agents.trainer import select_device
@@ -65,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--features",
         metavar="WEIGHTS",
-        help="network whose features give the images' distances: a weights file, a shipped "
-        "name, or 'pixels' ['<dataset>-recogniser-<size>' when shipped, else pixels]",
+        help="what gives the images' distances: a weights file or shipped name (its features), "
+        "'drawing' (the images' line drawings) or 'pixels' ['<dataset>-recogniser-<size>' "
+        "when shipped, else pixels]",
     )
     p.add_argument(
         "--recogniser",
@@ -121,15 +124,24 @@ def play_run(run: Run, game: SketchGame, batches: Sequence[GameBatch]) -> dict[s
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def feature_network(spec: str, game: SketchGame) -> torch.nn.Module | None:
-    """The backbone of a weights file (for image distances), or None for pixels."""
+def image_distances(
+    spec: str, game: SketchGame, device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """``images [N, 3, H, W] -> [N, N]`` distances for the topographic similarity: Euclidean
+    between pixels (``pixels``) or between the images' line drawings at a quarter of their
+    size (``drawing``: where the outlines are), else cosine between the pooled features of
+    a weights file's backbone."""
     if spec == "pixels":
-        return None
+        return analysis.pixel_distances
+    if spec == "drawing":
+        return lambda images: analysis.pixel_distances(
+            F.avg_pool2d(line_drawing(images)[:, :1], 4, ceil_mode=True)
+        )
     path = resolve_weights(spec)
     if path is None:
         raise FileNotFoundError(
             f"--features {spec!r} not found: give a weights file, a shipped "
-            f"name ({', '.join(shipped())}) or 'pixels'"
+            f"name ({', '.join(shipped())}), 'drawing' or 'pixels'"
         )
     _, info = read_weights(path)
     if info is None:
@@ -137,25 +149,26 @@ def feature_network(spec: str, game: SketchGame) -> torch.nn.Module | None:
     backbone = make_backbone(
         info["backbone"], path, width=info.get("width") or 32, image_size=game.image_size
     )
-    return backbone.eval()
+    backbone.eval().to(device)
+    return lambda images: analysis.cosine_distances(pool(backbone(images.to(device))).cpu())
 
 
 @torch.no_grad()
 def topographic(
-    drawn: dict[str, Tensor], features: torch.nn.Module | None, n: int, permutations: int, seed: int
+    drawn: dict[str, Tensor],
+    distances: Callable[[Tensor], Tensor],
+    n: int,
+    permutations: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Topographic similarity of the first ``n`` distinct images' sketches, in stroke space
-    and in pixel space, against the images' distances in ``features`` (or pixels)."""
+    and in pixel space, against the images' ``distances``."""
     first_game: dict[int, int] = {}
     for game_index, image_id in enumerate(drawn["ids"].tolist()):
         first_game.setdefault(image_id, game_index)
     keep = sorted(first_game.values())[:n]
     images, strokes, sketches = (drawn[k][keep] for k in ("images", "strokes", "sketches"))
-    if features is None:
-        meaning = analysis.pixel_distances(images)
-    else:
-        device = next(features.parameters()).device
-        meaning = analysis.cosine_distances(pool(features(images.to(device))).cpu())
+    meaning = distances(images)
     result = {"sketches": len(keep)}
     for space, form in (
         ("strokes", analysis.stroke_set_distances(strokes)),
@@ -434,8 +447,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output = Path(args.output) if args.output else default_output(args, game.game)
     make_folder(output)
     features_spec = args.features or default_features(runs[0], game)
-    features = feature_network(features_spec, game)
-    features = features.to(device) if features is not None else None
+    distances = image_distances(features_spec, game, device)
     print(
         f"analysing {len(runs)} run(s) on {sum(b.targets.numel() for b in batches)} "
         f"{game.game} games -> {output}",
@@ -456,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ablation = analysis.stroke_ablation(run.sender, run.receiver, game, batches)
         bar.update()
         bar.set_postfix_str(f"{name}: topographic similarity")
-        topsim = topographic(drawn, features, args.topsim_sketches, args.permutations, args.seed)
+        topsim = topographic(drawn, distances, args.topsim_sketches, args.permutations, args.seed)
         bar.update()
         figures = {k: f"{k}-{name}.png" for k in ("ablation", "drawing", "classes")}
         plot_ablation(ablation, chance, output / figures["ablation"])
