@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from agents.backbones import read_classifier
 from agents.methods import pool
-from agents.zoo import resolve_weights
+from agents.zoo import resolve_weights, shipped
 
 
 class Recogniser(nn.Module):
@@ -51,6 +51,13 @@ class Recogniser(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Predicted class indices ``[N]``."""
         return self.classifier(pool(self.backbone(images))).argmax(1)
+
+
+def shipped_recogniser(dataset: str, image_size: Sequence[int]) -> str | None:
+    """The shipped recogniser for ``dataset`` at ``image_size`` (``<dataset>-recogniser-<size>``),
+    or None when none ships."""
+    name = f"{dataset}-recogniser-{image_size[0]}"
+    return name if name in shipped() else None
 
 
 def file_digest(path: str | Path) -> str:

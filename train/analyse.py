@@ -38,6 +38,7 @@ from agents.config import GAMES
 from agents.edges import line_drawing
 from agents.files import make_folder, write_atomic
 from agents.methods import pool
+from agents.recognise import shipped_recogniser
 from agents.trainer import select_device
 from agents.zoo import resolve_weights, shipped
 from sketchenv.game import GameBatch, SketchGame
@@ -529,8 +530,7 @@ def run_names(paths: Sequence[str]) -> list[str]:
 
 
 def default_features(run: Run, game: SketchGame) -> str:
-    name = f"{run.config.dataset}-recogniser-{game.image_size[0]}"
-    return name if name in shipped() else "pixels"
+    return shipped_recogniser(run.config.dataset, game.image_size) or "pixels"
 
 
 def default_output(args: argparse.Namespace, variant: str) -> Path:

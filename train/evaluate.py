@@ -49,9 +49,8 @@ from agents.config import GAMES
 from agents.experiment import make_game
 from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.losses import game_loss
-from agents.recognise import Recogniser, check_independent
+from agents.recognise import Recogniser, check_independent, shipped_recogniser
 from agents.trainer import autocast, play, select_device
-from agents.zoo import shipped
 from sketchenv.game import GameBatch, SketchGame
 from train.flags import run_command
 from train.selfplay import validation_batches
@@ -105,10 +104,9 @@ def make_recogniser(
     size, if any), checked to be independent of the agents' training."""
     if spec == "none":
         return None
+    spec = spec or shipped_recogniser(run.config.dataset, game.image_size)
     if spec is None:
-        spec = f"{run.config.dataset}-recogniser-{game.image_size[0]}"
-        if spec not in shipped():
-            return None
+        return None
     classes = [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))]
     recogniser = Recogniser(spec, game.image_size, classes)
     check_independent(recogniser, [run.config.weights, run.config.perceptual_net])

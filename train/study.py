@@ -12,8 +12,6 @@ communication rate as mean ± standard deviation over participants.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.files import write_atomic
+from agents.runs import write_csv as write_rows
 
 __all__ = [
     "GameRecord",
@@ -354,11 +352,7 @@ def write_csv(summary: Sequence[dict], path: str | os.PathLike) -> None:
             f"--csv {path} is a folder: give a file name, e.g. {path / 'study.csv'}"
         )
     fields = list(dict.fromkeys(key for row in summary for key in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(summary)
-    write_atomic(path, text.getvalue())
+    write_rows(path, list(summary), fields)
 
 
 def load_rows(path: str | os.PathLike) -> list[dict]:
