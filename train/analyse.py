@@ -425,13 +425,17 @@ def write_report(results: dict[str, Any], output: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Analyse the runs and write the report; returns what ``results.json`` holds."""
     args = build_parser().parse_args(argv)
-    for flag in ("games", "topsim_sketches", "permutations", "per_class", "n_distractors"):
+    least = {
+        "games": 1,
+        "topsim_sketches": 3,
+        "permutations": 1,
+        "per_class": 1,
+        "n_distractors": 1,
+    }
+    for flag, minimum in least.items():
         value = getattr(args, flag)
-        if value is not None and value < (3 if flag == "topsim_sketches" else 1):
-            raise ValueError(
-                f"--{flag.replace('_', '-')} must be at least "
-                f"{3 if flag == 'topsim_sketches' else 1}, got {value}"
-            )
+        if value is not None and value < minimum:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
     pyplot()  # fail before the work when matplotlib is missing
     started = time.perf_counter()
     device = select_device(args.device)
@@ -445,13 +449,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     classes = [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))]
     blocks = max(1, runs[0].config.batch_size // game.n_candidates)
     batches = [b.to(device) for b in evaluation_batches(game, args, blocks)[0]]
+    n_games = sum(b.targets.numel() for b in batches)
     output = Path(args.output) if args.output else default_output(args, game.game)
     make_folder(output)
     features_spec = args.features or default_features(runs[0], game)
     distances = image_distances(features_spec, game, device)
     print(
-        f"analysing {len(runs)} run(s) on {sum(b.targets.numel() for b in batches)} "
-        f"{game.game} games -> {output}",
+        f"analysing {len(runs)} run(s) on {n_games} {game.game} games -> {output}",
         flush=True,
     )
 
@@ -500,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "dataset_seed": runs[0].config.seed,
         "split": args.split,
         "game": game.game,
-        "games": sum(b.targets.numel() for b in batches),
+        "games": n_games,
         "sampling": "random" if args.games else "one pass",
         "n_candidates": game.n_candidates,
         "n_lines": game.n_lines,
