@@ -537,7 +537,7 @@ class GameWindow:
                         strokes, start = strokes[:-1], None
                     elif event.key in (pg.K_RETURN, pg.K_KP_ENTER):
                         if strokes:
-                            return _pad_strokes(strokes, n_lines)
+                            return pad_strokes(strokes, n_lines)
                         message = "Draw at least one line before sending."
 
     def _sender_view(self, image, strokes, start, title: str, hint: str, sigma2: float) -> None:
@@ -582,8 +582,9 @@ def _digit(pg, event) -> int | None:
     return None
 
 
-def _pad_strokes(strokes: list[tuple[float, ...]], n_lines: int) -> np.ndarray:
-    """``n_lines`` strokes: those drawn, then zero-length points on the first stroke's start."""
+def pad_strokes(strokes: list[tuple[float, ...]], n_lines: int) -> np.ndarray:
+    """``n_lines`` strokes: those a person drew, then zero-length points on the first
+    stroke's start (they draw nothing new), as the env's sender action needs."""
     x0, y0 = strokes[0][:2]
     padding = [(x0, y0, x0, y0)] * (n_lines - len(strokes))
     return np.asarray(strokes + padding, dtype=np.float32).reshape(n_lines, 4)

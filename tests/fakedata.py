@@ -256,3 +256,23 @@ def write_imagefolder(
             folder.mkdir(parents=True)
             for k in range(per_class):
                 Image.new("RGB", (size, size), colour(label)).save(folder / f"{k}.png")
+
+
+def write_run(folder: Path, **config) -> Path:
+    """A freshly initialised self-play run saved as ``folder/best.pt`` (a real checkpoint
+    of untrained agents, for the study tools); ``config`` overrides SelfPlayConfig fields."""
+    from agents.checkpoint import game_settings, save_checkpoint
+    from agents.config import SelfPlayConfig
+    from agents.experiment import make_agents, make_game
+
+    config = SelfPlayConfig(**{"dataset": "shapes", "n_distractors": 5, **config})
+    size = (config.image_size, config.image_size)
+    sender, receiver = make_agents(config, size, load_weights=False)
+    payload = {
+        "config": config.to_dict(),
+        "game": game_settings(make_game(config, "val")),
+        "sender": sender.state_dict(),
+        "receiver": receiver.state_dict(),
+    }
+    save_checkpoint(folder / "best.pt", payload)
+    return folder

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from fakedata import write_run
 
 import sketchenv
 from train import play
@@ -259,22 +260,7 @@ def test_the_agent_receiver_answers_the_same_games_for_comparison(tmp_path, monk
 def test_a_real_checkpoint_plays_against_a_human_receiver(tmp_path, monkeypatch):
     """Integration with agents/: a freshly initialised run saved as a real checkpoint."""
     policies = pytest.importorskip("agents.policies")
-    from agents.checkpoint import game_settings, save_checkpoint
-    from agents.config import SelfPlayConfig
-    from agents.experiment import make_agents, make_game
-
-    config = SelfPlayConfig(dataset="shapes", image_size=16, n_distractors=5, lines=3)
-    sender, receiver = make_agents(config, (16, 16), load_weights=False)
-    run = tmp_path / "run"
-    save_checkpoint(
-        run / "best.pt",
-        {
-            "config": config.to_dict(),
-            "game": game_settings(make_game(config, "val")),
-            "sender": sender.state_dict(),
-            "receiver": receiver.state_dict(),
-        },
-    )
+    run = write_run(tmp_path / "run", image_size=16, lines=3)
     headless_person(monkeypatch)
     monkeypatch.setattr(ClickingReceiver, "calls", 10)
     db = tmp_path / "study.sqlite"

@@ -217,11 +217,8 @@ def make_players(
     return sender, receiver, None, None
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.play",
-        description="Play the sketching game with people in the loop; record and report a study.",
-    )
+def add_session_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a study session, shared by ``train.play`` and ``train.serve``."""
     parser.add_argument("--sender", default="random", help="CHECKPOINT | human | random")
     parser.add_argument("--receiver", default="human", help="CHECKPOINT | human | random")
     parser.add_argument(
@@ -250,7 +247,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="the session's games depend only on it (default 0)"
     )
-    parser.add_argument("--participant", default=None, help="name or code of the player")
     parser.add_argument(
         "--feedback",
         action=argparse.BooleanOptionalAction,
@@ -264,6 +260,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default=None, help="device for checkpoints: auto, cpu, cuda:N (default cpu)"
     )
+
+
+def check_session_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse session flags that cannot work, naming the flag (``parser.error``)."""
+    if args.games < 1:
+        parser.error(f"--games must be >= 1, got {args.games}")
+    if not 0 <= args.seed < 2**63:
+        parser.error(f"--seed must be >= 0 and below 2**63, got {args.seed}")
+    if args.n_lines is not None and args.n_lines < 1:
+        parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
+    for option in ("sender", "receiver", "compare"):
+        spec = getattr(args, option)
+        if spec not in PLAYERS and not Path(spec).exists():
+            parser.error(
+                f"--{option} {spec!r} is neither 'human', 'random' nor a checkpoint file "
+                "or run folder"
+            )
+    if args.compare in ("human", "random"):
+        parser.error("--compare takes a checkpoint (an agent receiver), not a person or random")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.play",
+        description="Play the sketching game with people in the loop; record and report a study.",
+    )
+    add_session_flags(parser)
+    parser.add_argument("--participant", default=None, help="name or code of the player")
     parser.add_argument(
         "--window-size",
         type=int,
@@ -277,23 +301,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.csv and not args.report:
         parser.error("--csv goes with --report DB")
-    if args.games < 1:
-        parser.error(f"--games must be >= 1, got {args.games}")
-    if not 0 <= args.seed < 2**63:
-        parser.error(f"--seed must be >= 0 and below 2**63, got {args.seed}")
+    check_session_args(parser, args)
     if min(args.window_size) < 320:
         parser.error(f"--window-size must be at least 320 320, got {args.window_size}")
-    if args.n_lines is not None and args.n_lines < 1:
-        parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
-    for option in ("sender", "receiver", "compare"):
-        spec = getattr(args, option)
-        if spec not in PLAYERS and not Path(spec).exists():
-            parser.error(
-                f"--{option} {spec!r} is neither 'human', 'random' nor a checkpoint file "
-                "or run folder"
-            )
-    if args.compare in ("human", "random"):
-        parser.error("--compare takes a checkpoint (an agent receiver), not a person or random")
     humans = "human" in (args.sender, args.receiver)
     if args.report is None and humans and not args.participant:
         parser.error("name the player with --participant NAME (it keys the record and resuming)")

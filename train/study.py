@@ -69,6 +69,18 @@ CREATE TABLE IF NOT EXISTS games (
     UNIQUE (participant, setting, seed, game_index)
 )
 """
+PARTICIPANTS = """
+CREATE TABLE IF NOT EXISTS participants (  -- the web study's participants (train.serve)
+    token TEXT PRIMARY KEY,         -- unguessable; it is also their games' participant
+    seed INTEGER NOT NULL,          -- their sequence of games
+    joined_at TEXT NOT NULL         -- UTC, ISO 8601
+)
+"""
+TABLES = {"games", "participants", "sqlite_sequence"}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -89,9 +101,7 @@ class GameRecord:
     strokes: list[list[float]]
     agent: str | None = None
     agent_choice: int | None = None
-    finished_at: str = field(
-        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    )
+    finished_at: str = field(default_factory=_now)
 
     @property
     def correct(self) -> bool:
@@ -108,7 +118,11 @@ def setting_key(setting: dict) -> str:
 
 
 class StudyDB:
-    """The study's SQLite file; every :meth:`record` is its own committed transaction."""
+    """The study's SQLite file; every :meth:`record` is its own committed transaction.
+
+    Writers open it in WAL mode and wait up to 30 s for one another, so several sessions
+    (``train.play`` windows, the threads of ``train.serve``) can record into one file.
+    """
 
     REQUIRED = ("game", "dataset", "split", "n_lines", "sender", "receiver", "feedback")
 
@@ -124,17 +138,15 @@ class StudyDB:
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.connection = sqlite3.connect(self.path)
+                self.connection = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self.connection.row_factory = sqlite3.Row
-            tables = {row[0] for row in self.connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )}  # fmt: skip
+            tables = self._tables()
         except (sqlite3.Error, OSError) as err:
             raise ValueError(
                 f"cannot open the study database {self.path} ({err}): give --db a writable "
                 "place for a new one, or an existing study database"
             ) from err
-        if tables - {"games", "sqlite_sequence"}:
+        if tables - TABLES:
             self.connection.close()
             raise ValueError(
                 f"{self.path} is another program's SQLite database (tables "
@@ -148,12 +160,42 @@ class StudyDB:
                     f"{self.path} has a games table that is not a study's (columns "
                     f"{sorted(columns)}); give --db another file"
                 )
-            return
-        if read_only:
+        elif read_only:
             self.connection.close()
             raise ValueError(f"{self.path} holds no games: it is not a study database")
+        else:
+            with self.connection:
+                self.connection.execute(SCHEMA)
+        if not read_only:
+            self.connection.execute("PRAGMA journal_mode=WAL")
+
+    def add_participant(self, token: str, seed: int) -> None:
+        """Register a web participant (committed at once, so a restart keeps them)."""
         with self.connection:
-            self.connection.execute(SCHEMA)
+            self.connection.execute(PARTICIPANTS)
+            self.connection.execute(
+                "INSERT INTO participants (token, seed, joined_at) VALUES (?, ?, ?)",
+                (token, seed, _now()),
+            )
+
+    def participant_seed(self, token: str) -> int | None:
+        """The seed of a registered web participant; None for an unknown token."""
+        if "participants" not in self._tables():
+            return None
+        row = self.connection.execute(
+            "SELECT seed FROM participants WHERE token = ?", (token,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def participants(self) -> int:
+        """How many web participants have joined."""
+        if "participants" not in self._tables():
+            return 0
+        return int(self.connection.execute("SELECT COUNT(*) FROM participants").fetchone()[0])
+
+    def _tables(self) -> set[str]:
+        rows = self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
 
     def played(self, participant: str, setting: dict, seed: int) -> set[int]:
         """Game indices this participant already finished in this setting with this seed."""

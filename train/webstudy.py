@@ -1,0 +1,279 @@
+"""A human study over HTTP: many participants at once, each with their own games.
+
+:class:`WebStudy` is the study without the web: who has joined, which game each plays
+next, what the page may see of it, and checking and recording an answer.
+
+Honest by construction: what the page receives is built from the observation of the
+participant's own role only (a receiver gets the sketch and the candidates, never the
+sender's image or the target; a sender gets the image to draw), and the answer of a game
+is revealed, with feedback on, only in the reply to that game's answer. Game ``i`` of a
+participant is a pure function of ``(their seed, i)``, as in ``train.play``, so the server
+keeps nothing in memory that a restart could lose: the study database is the whole state.
+The web layer (Flask routes, waitress) is ``train.serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import math
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import sketchenv
+from sketchenv.human import pad_strokes
+from train.play import (
+    RECEIVER,
+    SENDER,
+    game_options,
+    game_seed,
+    load_agents,
+    make_players,
+    play_game,
+    session_setting,
+)
+from train.study import GameRecord, StudyDB
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 random bits
+MAX_SECONDS = 24 * 3600.0  # a longer response time is a broken client, not a person
+PAGES_CACHED = 256  # games whose pictures are kept ready (a page reload asks again)
+
+
+class StudyError(Exception):
+    """A request the study refuses: ``status`` is its HTTP status, the text says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a participant sends for one game, checked: a choice or strokes, and the time."""
+
+    choice: int | None
+    strokes: np.ndarray | None
+    response_time: float
+
+
+def png_data_url(image: np.ndarray, scale: int = 1) -> str:
+    """An ``[H, W, 3]`` uint8 picture as a PNG ``data:`` URL (the page needs no image URLs)."""
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class WebStudy:
+    """One study setting (from ``train.play``'s flags) served to every participant who joins.
+
+    The participant is one of the two players (``args.sender`` or ``args.receiver`` is
+    ``"human"``); the other is a checkpoint or ``random``. Participant ``n`` (in order of
+    joining) plays the games of seed ``args.seed + n % args.seeds``.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if [args.sender, args.receiver].count("human") != 1:
+            raise ValueError(
+                "a web study needs exactly one human player: --sender human with an agent "
+                "--receiver, or --receiver human with an agent --sender"
+            )
+        self.args = args
+        self.role = SENDER if args.sender == "human" else RECEIVER
+        agents = load_agents(args)
+        self.options = game_options(args, agents)
+        self.setting = session_setting(args, self.options, agents)
+        self.env = sketchenv.parallel_env(**self.options)
+        for agent in agents.values():
+            if hasattr(agent, "check_env"):
+                agent.check_env(self.env)
+        self.n_lines = int(self.options["n_lines"])
+        self.n_candidates = self.env.n_candidates
+        # The human player's policy is a stand-in that plays the answer given to it.
+        sender, receiver, self.compare, self.agent = make_players(
+            args, self.env, None, agents, self.n_lines
+        )
+        self.agent_player = receiver if self.role == SENDER else sender
+        self.db = StudyDB(Path(args.db) if args.db else Path(args.output) / "study.sqlite")
+        self.env_lock = threading.Lock()  # one env plays every game, one at a time
+        self.db_lock = threading.Lock()
+        self.pages: OrderedDict[tuple[int, int], dict] = OrderedDict()
+
+    # ----- participants -------------------------------------------------------------------
+    def join(self) -> str:
+        """A new participant: their unguessable token (the key of everything they do)."""
+        token = secrets.token_urlsafe(16)
+        with self.db_lock:
+            seed = self.args.seed + self.db.participants() % self.args.seeds
+            self.db.add_participant(token, seed)
+        return token
+
+    def _seed(self, token: str) -> int:
+        if not isinstance(token, str) or not TOKEN.fullmatch(token):
+            raise StudyError(404, "no such participant: the link is incomplete or mistyped")
+        with self.db_lock:
+            seed = self.db.participant_seed(token)
+        if seed is None:
+            raise StudyError(404, "no such participant: open the study's start page to join")
+        return seed
+
+    def progress(self, token: str) -> dict:
+        """Where a participant stands: the next game (None when all are played), the score."""
+        return self._progress(token, self._seed(token))
+
+    def _progress(self, token: str, seed: int) -> dict:
+        with self.db_lock:
+            played = self.db.played(token, self.setting, seed)
+            wins = self.db.wins(token, self.setting, seed)
+        todo = [i for i in range(self.args.games) if i not in played]
+        return {
+            **self.description(),
+            "played": len(played),
+            "next_game": todo[0] if todo else None,
+            "wins": wins if self.args.feedback else None,
+        }
+
+    def description(self) -> dict:
+        """What anyone may know of the study: the participant's role and the game's sizes."""
+        return {
+            "role": "sender" if self.role == SENDER else "receiver",
+            "n_games": self.args.games,
+            "feedback": self.args.feedback,
+            "n_lines": self.n_lines,
+            "n_candidates": self.n_candidates,
+        }
+
+    def _check_game(self, token: str, index: object) -> tuple[int, int]:
+        """The participant's seed, once ``index`` is their next game (else a 404 or 409)."""
+        seed = self._seed(token)
+        if not isinstance(index, int) or not 0 <= index < self.args.games:
+            raise StudyError(
+                404, f"no game {index!r}: games are numbered 0 to {self.args.games - 1}"
+            )
+        next_game = self._progress(token, seed)["next_game"]
+        if next_game is None or index < next_game:
+            raise StudyError(409, f"game {index} is already answered; ask for the next game")
+        if index > next_game:
+            raise StudyError(409, f"game {index} is not open yet: play game {next_game}")
+        return seed, index
+
+    # ----- games --------------------------------------------------------------------------
+    def page(self, token: str, index: int) -> dict:
+        """What the participant's page shows of their next game: only their own view."""
+        seed, index = self._check_game(token, index)
+        key = (seed, index)
+        with self.env_lock:
+            if key not in self.pages:
+                self.pages[key] = self._page(seed, index)
+                while len(self.pages) > PAGES_CACHED:
+                    self.pages.popitem(last=False)
+            return {"game": index, **self.pages[key]}
+
+    def _page(self, seed: int, index: int) -> dict:
+        observations, _ = self.env.reset(seed=game_seed(seed, index))
+        if self.role == SENDER:
+            return {"image": png_data_url(observations[SENDER]["image"])}
+        self._seed_random(seed, index)
+        strokes = np.asarray(self.agent_player(observations[SENDER], SENDER), np.float32)
+        observations, *_ = self.env.step({SENDER: strokes, RECEIVER: 0})
+        seen = observations[RECEIVER]
+        return {
+            "sketch": png_data_url(seen["sketch"]),
+            "candidates": [png_data_url(seen[f"candidate_{i}"]) for i in range(self.n_candidates)],
+        }
+
+    def _seed_random(self, seed: int, index: int) -> None:
+        """A ``random`` agent plays game ``index`` as in ``train.play`` (seeded per game)."""
+        if hasattr(self.agent_player, "seed"):
+            role = 0 if self.role == RECEIVER else 1
+            self.agent_player.seed((seed, index, role))
+
+    def answer(self, token: str, index: int, body: object) -> dict:
+        """Check and record the participant's answer to their next game; with feedback on,
+        the reply tells the right answer (and, to a sender, what the agent picked)."""
+        seed, index = self._check_game(token, index)
+        answer = self.parse_answer(body)
+        with self.env_lock:
+            self._seed_random(seed, index)
+            if self.role == SENDER:
+                players = (lambda observation, agent: answer.strokes, self.agent_player)
+            else:
+                players = (self.agent_player, lambda observation, agent: answer.choice)
+            game, state = play_game(
+                self.env, *players, seed=game_seed(seed, index), compare=self.compare
+            )
+        if self.role == RECEIVER:
+            game["response_time"] = answer.response_time
+        if self.agent is not None and self.compare is None:  # the agent is the receiver
+            game["agent_choice"] = game["choice"]
+        record = GameRecord(token, self.setting, seed, index, agent=self.agent, **game)
+        with self.db_lock:
+            stored = self.db.record(record)
+        if not stored:  # a double submission that lost the race to the first one
+            raise StudyError(409, f"game {index} is already answered; ask for the next game")
+        reply = {"game": index, "recorded": True}
+        if self.args.feedback:
+            reply.update(choice=game["choice"], target=game["target"], correct=record.correct)
+            if self.role == SENDER:
+                reply["sketch"] = png_data_url(state["sketch"])
+                reply["candidates"] = [png_data_url(c) for c in state["candidates"]]
+        return reply
+
+    def parse_answer(self, body: object) -> Answer:
+        """The answer a page sent, or a 400 naming what is wrong with it."""
+        expected = {"strokes" if self.role == SENDER else "choice", "response_time"}
+        if not isinstance(body, dict) or set(body) != expected:
+            keys = sorted(body) if isinstance(body, dict) else type(body).__name__
+            raise StudyError(
+                400, f"the answer must be a JSON object with {sorted(expected)}, got {keys}"
+            )
+        seconds = body["response_time"]
+        if not _is_number(seconds) or not 0 <= seconds <= MAX_SECONDS:
+            raise StudyError(
+                400, f"response_time must be seconds in [0, {MAX_SECONDS:g}], got {seconds!r}"
+            )
+        if self.role == RECEIVER:
+            choice = body["choice"]
+            if not isinstance(choice, int) or isinstance(choice, bool):
+                raise StudyError(400, f"choice must be a whole number, got {choice!r}")
+            if not 0 <= choice < self.n_candidates:
+                raise StudyError(400, f"choice must be in 0..{self.n_candidates - 1}, got {choice}")
+            return Answer(choice, None, float(seconds))
+        return Answer(None, self.parse_strokes(body["strokes"]), float(seconds))
+
+    def parse_strokes(self, strokes: object) -> np.ndarray:
+        """1 to ``n_lines`` strokes ``[x0, y0, x1, y1]`` in [-1, 1], padded as the window does."""
+        if not isinstance(strokes, list) or not 1 <= len(strokes) <= self.n_lines:
+            count = len(strokes) if isinstance(strokes, list) else type(strokes).__name__
+            raise StudyError(
+                400, f"strokes must be a list of 1 to {self.n_lines} strokes, got {count}"
+            )
+        for stroke in strokes:
+            if not isinstance(stroke, list) or len(stroke) != 4 or not all(map(_is_number, stroke)):
+                raise StudyError(
+                    400, f"each stroke must be 4 numbers [x0, y0, x1, y1], got {stroke!r}"
+                )
+            if not all(-1 <= value <= 1 for value in stroke):
+                raise StudyError(
+                    400, f"stroke {stroke} leaves the canvas: coordinates are in [-1, 1]"
+                )
+        return pad_strokes([tuple(stroke) for stroke in strokes], self.n_lines)
+
+    def close(self) -> None:
+        self.env.close()
+        self.db.close()
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (bools are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
