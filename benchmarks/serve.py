@@ -40,33 +40,35 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(argv: list[str], timeout: float = 120.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python -m train.serve ARGV`` on a free loopback port: yields (base URL, process)
-    once it answers, and stops it (if still running) on exit."""
+    once it answers, and stops it (if still running) on exit. Its output goes to a file
+    (a pipe nobody reads would fill up and stall the server under load)."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "train.serve", *argv, "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"train.serve exited: {process.stdout.read()}")
-            with contextlib.suppress(OSError):
-                call(url, "api/study")
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"train.serve did not answer within {timeout:g} s")
-            time.sleep(0.2)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
-        process.stdout.close()
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "train.serve", *argv, "--port", str(port)],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    output.seek(0)
+                    raise RuntimeError(f"train.serve exited: {output.read()}")
+                with contextlib.suppress(OSError):
+                    call(url, "api/study")
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"train.serve did not answer within {timeout:g} s")
+                time.sleep(0.2)
+            yield url, process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
 
 
 def call(url: str, path: str, body: object = None) -> tuple[int, dict]:

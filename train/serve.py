@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 from importlib import resources
 
-from flask import Flask, jsonify, request, send_file
-from werkzeug.exceptions import HTTPException
+try:
+    import waitress
+    from flask import Flask, jsonify, request, send_file
+    from werkzeug.exceptions import HTTPException
+except ImportError as missing:  # the optional extra
+    raise SystemExit(
+        f"python -m train.serve: error: the web study needs Flask and waitress ({missing}): "
+        "pip install 'sketchenv[web]'"
+    ) from missing
 
 from train.flags import run_command
 from train.play import add_session_flags, check_session_args
@@ -140,24 +147,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import waitress  # the server only when serving: tests use Flask's client
-
     args = parse_args(argv)
     study = WebStudy(args)
-    print(
-        f"serving the study at http://{args.host}:{args.port}/ ({args.games} games per "
-        f"participant, {study.description()['role']} role); games go to {study.db.path}",
-        flush=True,
-    )
     try:
-        waitress.serve(
-            make_app(study),
-            host=args.host,
-            port=args.port,
-            threads=args.threads,
-            max_request_body_size=MAX_REQUEST_BYTES,
-            ident="sketchenv",
+        try:
+            server = waitress.create_server(
+                make_app(study),
+                host=args.host,
+                port=args.port,
+                threads=args.threads,
+                max_request_body_size=MAX_REQUEST_BYTES,
+                ident="sketchenv",
+            )
+        except OSError as err:
+            raise OSError(
+                f"cannot serve on {args.host}:{args.port} ({err}): pick another --port"
+            ) from err
+        print(
+            f"serving the study at http://{args.host}:{args.port}/ ({args.games} games per "
+            f"participant, {study.description()['role']} role); games go to {study.db.path}",
+            flush=True,
         )
+        server.run()
     finally:
         study.close()
 

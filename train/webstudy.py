@@ -44,7 +44,7 @@ from train.study import GameRecord, StudyDB
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 random bits
 MAX_SECONDS = 24 * 3600.0  # a longer response time is a broken client, not a person
-PAGES_CACHED = 256  # games whose pictures are kept ready (a page reload asks again)
+GAMES_KEPT = 128  # prepared games kept in memory (at 64 px, 100 candidates: ~0.6 MB each)
 
 
 class StudyError(Exception):
@@ -62,6 +62,15 @@ class Answer:
     choice: int | None
     strokes: np.ndarray | None
     response_time: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A game before the person's answer: what their page shows, and (receiver role) the
+    record fields of the agents' part (``train.play.play_game``'s), never sent."""
+
+    page: dict
+    game: dict
 
 
 def png_data_url(image: np.ndarray, scale: int = 1) -> str:
@@ -107,7 +116,7 @@ class WebStudy:
         self.db = StudyDB(Path(args.db) if args.db else Path(args.output) / "study.sqlite")
         self.env_lock = threading.Lock()  # one env plays every game, one at a time
         self.db_lock = threading.Lock()
-        self.pages: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self.prepared: OrderedDict[tuple[int, int], Prepared] = OrderedDict()
 
     # ----- participants -------------------------------------------------------------------
     def join(self) -> str:
@@ -171,26 +180,35 @@ class WebStudy:
     def page(self, token: str, index: int) -> dict:
         """What the participant's page shows of their next game: only their own view."""
         seed, index = self._check_game(token, index)
+        return {"game": index, **self._prepared(seed, index).page}
+
+    def _prepared(self, seed: int, index: int) -> Prepared:
+        """Game ``index`` of ``seed`` as far as the agents play it before the person does;
+        kept for the next requests (participants with one seed share it), else rebuilt."""
         key = (seed, index)
         with self.env_lock:
-            if key not in self.pages:
-                self.pages[key] = self._page(seed, index)
-                while len(self.pages) > PAGES_CACHED:
-                    self.pages.popitem(last=False)
-            return {"game": index, **self.pages[key]}
+            if key not in self.prepared:
+                self.prepared[key] = self._prepare(seed, index)
+                while len(self.prepared) > GAMES_KEPT:
+                    self.prepared.popitem(last=False)
+            return self.prepared[key]
 
-    def _page(self, seed: int, index: int) -> dict:
-        observations, _ = self.env.reset(seed=game_seed(seed, index))
-        if self.role == SENDER:
-            return {"image": png_data_url(observations[SENDER]["image"])}
+    def _prepare(self, seed: int, index: int) -> Prepared:
+        if self.role == SENDER:  # the agents act only once the person has drawn
+            observations, _ = self.env.reset(seed=game_seed(seed, index))
+            return Prepared({"image": png_data_url(observations[SENDER]["image"])}, {})
         self._seed_random(seed, index)
-        strokes = np.asarray(self.agent_player(observations[SENDER], SENDER), np.float32)
-        observations, *_ = self.env.step({SENDER: strokes, RECEIVER: 0})
-        seen = observations[RECEIVER]
-        return {
-            "sketch": png_data_url(seen["sketch"]),
-            "candidates": [png_data_url(seen[f"candidate_{i}"]) for i in range(self.n_candidates)],
-        }
+        unanswered = lambda observation, agent: 0  # noqa: E731 (the person's choice comes later)
+        game, state = play_game(
+            self.env,
+            self.agent_player,
+            unanswered,
+            seed=game_seed(seed, index),
+            compare=self.compare,
+        )
+        page = {"sketch": png_data_url(state["sketch"])}
+        page["candidates"] = [png_data_url(candidate) for candidate in state["candidates"]]
+        return Prepared(page, game)
 
     def _seed_random(self, seed: int, index: int) -> None:
         """A ``random`` agent plays game ``index`` as in ``train.play`` (seeded per game)."""
@@ -203,19 +221,22 @@ class WebStudy:
         the reply tells the right answer (and, to a sender, what the agent picked)."""
         seed, index = self._check_game(token, index)
         answer = self.parse_answer(body)
-        with self.env_lock:
-            self._seed_random(seed, index)
-            if self.role == SENDER:
-                players = (lambda observation, agent: answer.strokes, self.agent_player)
-            else:
-                players = (self.agent_player, lambda observation, agent: answer.choice)
-            game, state = play_game(
-                self.env, *players, seed=game_seed(seed, index), compare=self.compare
-            )
         if self.role == RECEIVER:
-            game["response_time"] = answer.response_time
-        if self.agent is not None and self.compare is None:  # the agent is the receiver
-            game["agent_choice"] = game["choice"]
+            played = self._prepared(seed, index).game
+            game = {**played, "choice": answer.choice, "response_time": answer.response_time}
+        else:
+            with self.env_lock:
+                self._seed_random(seed, index)
+                drawn = lambda observation, agent: answer.strokes  # noqa: E731
+                game, state = play_game(
+                    self.env,
+                    drawn,
+                    self.agent_player,
+                    seed=game_seed(seed, index),
+                    compare=self.compare,
+                )
+            if self.agent is not None and self.compare is None:  # the receiver is the agent
+                game["agent_choice"] = game["choice"]
         record = GameRecord(token, self.setting, seed, index, agent=self.agent, **game)
         with self.db_lock:
             stored = self.db.record(record)
