@@ -286,8 +286,13 @@ def test_a_killed_server_loses_no_finished_game_and_restarts_where_it_was(tmp_pa
     with serving(argv) as (url, _):
         status, progress = call(url, f"api/participants/{token}")
         assert status == 200 and progress["next_game"] == 2 and progress["played"] == 2
+        answer = {"choice": 3, "response_time": 1}  # the game open when it died, answered now
+        assert call(url, f"api/participants/{token}/games/2", answer)[0] == 200
         finished, _ = play_receiver(url, seed=0)  # a new participant also plays through
-    assert len(rows(database)) == 2 + 4 and finished != token
+    games = rows(database)
+    assert len(games) == 3 + 4 and finished != token
+    for key in ("target", "strokes", "candidate_ids", "agent_choice"):  # game 2, rebuilt the same
+        assert games[2][key] == games[5][key]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt install chromium)")
