@@ -19,7 +19,7 @@ from pettingzoo.utils import wrappers
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from sketchenv.game import GameBatch, SketchGame
-from sketchenv.rendering import compose_frame
+from sketchenv.rendering import VIEWS, compose_frame
 
 SENDER = "sender_0"
 RECEIVER = "receiver_0"
@@ -46,6 +46,9 @@ class SketchParallelEnv(ParallelEnv):
         image_size: side in pixels of a named dataset's images (default: the dataset's).
         n_lines, sigma2, kernel, composite, invert: the sketch and its rasteriser.
         render_mode: None, "rgb_array" (one picture) or "human" (a pygame window).
+        render_view: what an "rgb_array" picture shows: "spectator" (default; everything,
+            the sender's image included: for watching and recording) or "receiver" (the
+            sketch and the candidates only: for showing a receiving participant).
         seed: seeds the game sequence (like `reset(seed=...)`); None draws a fresh seed.
         root, download: where a named dataset lives and whether to fetch it.
     """
@@ -70,6 +73,7 @@ class SketchParallelEnv(ParallelEnv):
         composite: str = "softor",
         invert: bool = True,
         render_mode: str | None = None,
+        render_view: str = "spectator",
         seed: int | None = None,
         root: str = "./data",
         download: bool = False,
@@ -79,6 +83,8 @@ class SketchParallelEnv(ParallelEnv):
                 f"unknown render_mode {render_mode!r}; choose None or one of "
                 f"{self.metadata['render_modes']}"
             )
+        if render_view not in VIEWS:
+            raise ValueError(f"unknown render_view {render_view!r}; choose one of {list(VIEWS)}")
         self.core = SketchGame(
             _resolve_dataset(dataset, split, image_size, root, download),
             game,
@@ -96,6 +102,7 @@ class SketchParallelEnv(ParallelEnv):
                 "pass image_size=None for a Dataset object, or resize it"
             )
         self.render_mode = render_mode
+        self.render_view = render_view
         self.possible_agents = [SENDER, RECEIVER]
         self.agents: list[str] = []
         self.n_candidates = self.core.n_candidates
@@ -221,7 +228,7 @@ class SketchParallelEnv(ParallelEnv):
             )
             return None
         if self.render_mode == "rgb_array":
-            return compose_frame(self.render_state())
+            return compose_frame(self.render_state(), self.render_view)
         if self._window is None:
             from sketchenv.human import GameWindow  # pygame only when a window is wanted
 

@@ -344,14 +344,15 @@ class GameWindow:
         return text
 
     def _candidates(self, candidates: Sequence[np.ndarray], marks: dict[int, tuple]) -> None:
-        """Numbered candidate tiles (numbers shown from 1), coloured frames from ``marks``."""
+        """Candidate tiles numbered from 0 (as the env's action, the log and the study
+        database count them), coloured frames from ``marks``."""
         pg = _pygame()
         tiles = self.layout.candidates
         label_size = 18 if len(candidates) > 30 else 24
         self._title("Candidates", tiles[0])
         for index, (image, tile) in enumerate(zip(candidates, tiles, strict=True)):
             self._image(image, tile)
-            label = _display.font(label_size).render(str(index + 1), True, STATUS_INK)
+            label = _display.font(label_size).render(str(index), True, STATUS_INK)
             badge = pg.Rect(tile[0], tile[1], label.get_width() + 6, label.get_height() + 2)
             pg.draw.rect(_display.surface, STATUS_BG, badge)
             _display.surface.blit(label, (badge.x + 3, badge.y + 1))
@@ -454,7 +455,7 @@ class GameWindow:
     def choose(self, sketch: np.ndarray, candidates: Sequence[np.ndarray]) -> int:
         """Show the sketch and the numbered candidates; return the index the person picks.
 
-        A left click picks a candidate; typing its number (as shown, from 1) picks it as
+        A left click picks a candidate; typing its number (as shown, from 0) picks it as
         soon as no longer number is possible, or on Enter. Backspace edits the number.
         """
         pg = _pygame()
@@ -484,16 +485,16 @@ class GameWindow:
                             return index
                 elif event.type == pg.KEYDOWN:
                     digit = _digit(pg, event)
-                    if digit is not None and (typed or digit):
+                    if digit is not None:
                         typed += str(digit)
                     elif event.key == pg.K_BACKSPACE:
                         typed = typed[:-1]
                     elif event.key in (pg.K_RETURN, pg.K_KP_ENTER) and typed:
-                        return int(typed) - 1
-                    if typed and int(typed) > n:
+                        return int(typed)
+                    if typed and int(typed) >= n:
                         typed = ""  # no such image: start again
-                    elif typed and int(typed) * 10 > n:  # no longer number is possible
-                        return int(typed) - 1
+                    elif typed == "0" or (typed and int(typed) * 10 >= n):
+                        return int(typed)  # no longer number is possible
 
     def draw(self, image: np.ndarray, n_lines: int, *, sigma2: float = 5e-4) -> np.ndarray:
         """Show ``image`` and a blank canvas; return the strokes the person draws.

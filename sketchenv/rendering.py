@@ -1,7 +1,10 @@
 """The `rgb_array` picture of a game: sender image, sketch and candidates in one frame.
 
-Top row: the sender's image (blue frame) and the sketch (grey frame; an empty grey tile
-before the sender has drawn). Below: the candidates in a near-square grid, in index order
+The spectator's view (the default) shows everything, the sender's image included, so it
+is for watching and recording games, not for showing a receiver; the receiver's view
+(``view="receiver"``) leaves the sender's image out. Top row: the sender's image (blue
+frame; a background tile in the receiver's view) and the sketch (grey frame; an empty
+grey tile before the sender has drawn). Below: the candidates in a near-square grid, in index order
 (row by row). After the receiver's choice, the target gets a green frame and a wrong pick
 a red one, and the bar along the top turns green (win) or red (loss).
 """
@@ -25,8 +28,14 @@ WRONG = (210, 40, 40)
 PENDING = (90, 90, 90)
 
 
-def compose_frame(state: dict) -> np.ndarray:
-    """An env `render_state()` dict -> one uint8 RGB picture `[height, width, 3]`."""
+VIEWS = ("spectator", "receiver")
+
+
+def compose_frame(state: dict, view: str = "spectator") -> np.ndarray:
+    """An env `render_state()` dict -> one uint8 RGB picture `[height, width, 3]`;
+    ``view="receiver"`` shows only what the receiver may see (no sender image)."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {list(VIEWS)}")
     sender = _image(state["sender_image"], "sender_image")
     candidates = np.asarray(state["candidates"])
     if candidates.ndim != 4 or candidates.shape[1:] != sender.shape or candidates.dtype != np.uint8:
@@ -51,7 +60,8 @@ def compose_frame(state: dict) -> np.ndarray:
         frame[:BAR] = RIGHT if choice == target else WRONG
 
     top = BAR + GAP
-    _paste(frame, _framed(sender, scale, SENDER), top, GAP)
+    if view == "spectator":
+        _paste(frame, _framed(sender, scale, SENDER), top, GAP)
     _paste(frame, _framed(sketch, scale, NEUTRAL), top, 2 * GAP + tile_w)
     grid_top = top + tile_h + 2 * GAP
     for i, candidate in enumerate(candidates):

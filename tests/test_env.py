@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 import sketchenv
 from sketchenv.env import INFO_KEYS
-from sketchenv.rendering import RIGHT, WRONG, compose_frame
+from sketchenv.rendering import BACKGROUND, RIGHT, WRONG, compose_frame
 
 VARIANTS = ["original", "oo-same", "oo-different"]
 
@@ -434,6 +434,23 @@ def test_compose_frame_layout_and_marks():
     assert (first_pixel == state["sender_image"][0, 0]).all()
     with pytest.raises(ValueError, match="uint8"):
         compose_frame(state | {"candidates": state["candidates"].astype(np.float32)})
+
+
+def test_the_receivers_view_leaves_the_senders_image_out():
+    env = make("oo-same", render_mode="rgb_array", render_view="receiver")
+    env.reset(seed=0)
+    receiver = env.render()
+    spectator = compose_frame(env.render_state())
+    assert receiver.shape == spectator.shape
+    top, left, size = 6 + 4, 4, 64 + 6  # the sender's tile of the spectator's view
+    assert (receiver[top : top + size, left : left + size] == BACKGROUND).all()
+    assert not (spectator[top : top + size, left : left + size] == BACKGROUND).all()
+    below = slice(top + size, None)  # sketch and candidates: the same in both views
+    assert np.array_equal(receiver[below], spectator[below])
+    with pytest.raises(ValueError, match="render_view"):
+        make("oo-same", render_view="sender")
+    with pytest.raises(ValueError, match="unknown view"):
+        compose_frame(env.render_state(), "everything")
 
 
 def test_env_plays_inside_no_grad_and_inference_mode():

@@ -121,14 +121,15 @@ def test_clicks_outside_candidates_and_other_buttons_are_ignored(display):
 @pytest.mark.parametrize(
     ("n", "keys", "expected"),
     [
-        (12, [pygame.K_1, pygame.K_2], 11),  # "12": no longer number exists, picked at once
-        (12, [pygame.K_1, pygame.K_RETURN], 0),  # "1" could start "10".."12": Enter confirms
-        (12, [pygame.K_3], 2),
-        (12, [pygame.K_1, pygame.K_BACKSPACE, pygame.K_5], 4),
-        (12, [pygame.K_0, pygame.K_9, pygame.K_7], 8),  # leading zero ignored; 97 > 12 resets
-        (100, [pygame.K_KP1, pygame.K_KP0, pygame.K_KP0], 99),  # keypad digits, shown "100"
-        (100, [pygame.K_4, pygame.K_2], 41),
-        (9, [pygame.K_9], 8),
+        (12, [pygame.K_1, pygame.K_1], 11),  # "11": no longer number exists, picked at once
+        (12, [pygame.K_1, pygame.K_RETURN], 1),  # "1" could start "10", "11": Enter confirms
+        (12, [pygame.K_3], 3),
+        (12, [pygame.K_0], 0),  # numbers start at 0, as the env's actions
+        (12, [pygame.K_1, pygame.K_BACKSPACE, pygame.K_5], 5),
+        (12, [pygame.K_1, pygame.K_2, pygame.K_4], 4),  # "12" is no candidate: starts again
+        (100, [pygame.K_KP9, pygame.K_KP9], 99),  # keypad digits, shown "99"
+        (100, [pygame.K_4, pygame.K_2], 42),
+        (9, [pygame.K_8], 8),
     ],
 )
 def test_typing_a_candidate_number_selects_it(display, n, keys, expected):

@@ -343,7 +343,8 @@ def test_report_numbers_match_a_hand_count(fixture_db, tmp_path, capsys):
 
     out = tmp_path / "report.csv"
     play.main(["--report", str(fixture_db), "--csv", str(out)])
-    assert "25.0% (±35.4)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "25.0% (±35.4)" in printed and f"wrote 2 settings to {out.resolve()}" in printed
     with open(out, newline="") as file:
         exported = list(csv.DictReader(file))
     assert len(exported) == 2 and float(exported[0]["comm_rate"]) == pytest.approx(0.25)

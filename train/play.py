@@ -313,9 +313,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def report(path: str, csv_path: str | None = None) -> str:
     """The study report of the database at ``path`` (and a CSV export when asked)."""
     summary = summarize(load_rows(path))
+    text = format_report(summary)
     if csv_path:
         write_csv(summary, csv_path)
-    return format_report(summary)
+        text += f"\n\nwrote {len(summary)} settings to {Path(csv_path).resolve()}"
+    return text
 
 
 def session_setting(args: argparse.Namespace, options: dict, agents: dict[str, Policy]) -> dict:
