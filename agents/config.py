@@ -15,11 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.runs import THREADS
 from agents.zoo import resolve_weights
 
 GAMES = ("original", "oo-same", "oo-different")
 # Keys that may change when a run is resumed (they do not affect what is computed).
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "time_budget", "device", "output", "log_every")
+RESUMABLE_OVERRIDES = (
+    "epochs",
+    "max_steps",
+    "time_budget",
+    "device",
+    "threads",
+    "output",
+    "log_every",
+)
 
 
 @dataclass
@@ -64,6 +73,7 @@ class SelfPlayConfig:
     # The run
     seed: int = 0
     device: str = "auto"
+    threads: int = THREADS
     amp: bool = True
     output: str | None = None
     val_games: int = 1000
@@ -206,6 +216,7 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.score_scale >= 1, "score_scale must be >= 1")
     need(c.val_games >= 1, "val_games must be >= 1")
     need(c.max_steps is None or c.max_steps >= 1, "max_steps must be >= 1 (or unset)")
+    need(c.threads >= 0, f"threads must be >= 0 (0 = torch's default), got {c.threads}")
     need(c.time_budget is None or c.time_budget > 0, "time_budget must be > 0 (or unset)")
     need(c.log_every >= 1, "log_every must be >= 1")
     need(c.latent_size >= 1 and c.receiver_out >= 1, "latent/receiver sizes must be >= 1")

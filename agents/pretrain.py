@@ -43,10 +43,13 @@ from agents.files import (
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
+    THREADS,
+    THREADS_HELP,
     epoch_bar,
     lr_factor,
     schedule_horizon,
     seeded_generator,
+    set_threads,
     stop_on_signal,
     stop_reason_now,
     write_csv,
@@ -93,7 +96,7 @@ class PretrainConfig:
     seed: int = _flag(0, "weights, data order, augmentations and dataset splits", "run")
     device: str = _flag("auto", "auto | cpu | cuda | cuda:N", "run")
     amp: bool = _flag(True, "float16 autocast on CUDA", "run")
-    threads: int | None = _flag(None, "torch CPU threads", "run", default_help="torch's")
+    threads: int = _flag(THREADS, THREADS_HELP, "run")
     output: str | None = _flag(
         None, "run directory", "run", default_help="runs/pretrain-<method>-<time>"
     )
@@ -109,6 +112,8 @@ class PretrainConfig:
 
 def pretrain_config(values: dict[str, Any]) -> PretrainConfig:
     """A checked config from a mapping (keys may use ``-`` or ``_``)."""
+    if "threads" in values and values["threads"] is None:  # files from before the default
+        values = {**values, "threads": 0}  # of one thread: they ran on torch's default
     c = dataclass_from_mapping(PretrainConfig, values)
     checks = [
         (c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}"),
@@ -123,7 +128,7 @@ def pretrain_config(values: dict[str, Any]) -> PretrainConfig:
         (c.weight_decay >= 0, "weight_decay must be >= 0"),
         (c.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (c.grad_clip is None or c.grad_clip >= 0, "grad_clip must be >= 0 (0 or unset: off)"),
-        (c.threads is None or c.threads >= 1, "threads must be >= 1 (or unset)"),
+        (c.threads >= 0, "threads must be >= 0 (0 = torch's default)"),
         (c.probe_every >= 1, "probe_every must be >= 1"),
         (c.probe_images >= 1, "probe_images must be >= 1"),
         (c.max_steps is None or c.max_steps >= 1, "max_steps must be >= 1 (or unset)"),
@@ -201,8 +206,7 @@ def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, A
     """Pretrain and write the run folder; returns the last probe metrics. ``resumed`` is
     a checkpoint from :func:`resume_config` to continue exactly."""
     start_time = time.monotonic()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_threads(config.threads)
 
     # Seeding and device: one --seed fixes the weights, data order and every view.
     torch.manual_seed(config.seed)

@@ -36,6 +36,21 @@ def write_csv(path: str | Path, rows: list[dict], fields: Sequence[str]) -> None
     write_atomic(path, buffer.getvalue().encode())
 
 
+THREADS = 1
+"""torch CPU threads of a training run unless ``--threads`` says otherwise. Measured on
+the 2-core machine (``benchmarks/train.py --threads 1 2``): for the small model two
+threads were 1.6x faster than one on an idle machine but 0.68x (and in one report several
+times slower) beside another busy process; one thread is never far off, and a fixed count
+keeps CPU runs repeating exactly (the count is part of what a result depends on)."""
+THREADS_HELP = "torch CPU threads; 0 = torch's default, one per core"
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads in this process (0 leaves torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def seeded_generator(*keys: int) -> torch.Generator:
     """A CPU generator that depends on ``keys`` only (for example ``(seed, epoch)``), so a
     resumed run draws exactly what an uninterrupted one would have drawn."""

@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=50)
     parser.add_argument("--games", type=int, default=10, help="games per participant")
     parser.add_argument("--sender", default="random", help="random, or a checkpoint / run")
-    parser.add_argument("--threads", type=int, default=8, help="the server's --threads")
+    parser.add_argument("--workers", type=int, default=8, help="the server's --workers")
     parser.add_argument(
         "--seeds",
         type=int,
@@ -164,14 +164,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "study.sqlite"
         argv = ["--sender", args.sender, "--receiver", "human", "--games", str(args.games)]
-        argv += ["--db", str(db), "--threads", str(args.threads), "--seeds", str(args.seeds)]
+        argv += ["--db", str(db), "--workers", str(args.workers), "--seeds", str(args.seeds)]
         with serving(argv) as (url, _):
             result = load(url, args.participants)
         stored = stored_games(db)
     expected = args.participants * args.games
     print(
         f"{args.participants} participants x {args.games} games (sender {args.sender}, "
-        f"{args.threads} server threads, {args.seeds} seeds): {result['games']} games in {result['seconds']:.1f} s, "
+        f"{args.workers} server workers, {args.seeds} seeds): {result['games']} games in {result['seconds']:.1f} s, "
         f"{result['requests_per_s']:.0f} requests/s; game round trip median "
         f"{result['median_ms']:.0f} ms, 95th percentile {result['p95_ms']:.0f} ms; "
         f"{stored} of {expected} games in the database, {len(result['errors'])} errors"

@@ -185,8 +185,8 @@ def test_list_and_cli_errors(capsys):
         experiments.main(["table9"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
         experiments.main(["table1", "--set", "epochs"])
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        experiments.main(["table1", "--threads", "0"])
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        experiments.main(["table1", "--threads", "-1"])
 
 
 def test_command_line_overrides():

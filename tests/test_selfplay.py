@@ -146,6 +146,25 @@ def test_resume_refuses_to_change_what_was_trained(folder, tmp_path):
         selfplay.main(["--resume", str(tmp_path / "run"), "--lr", "0.5"])
 
 
+def test_threads_are_set_for_the_run_and_may_change_on_resume(folder, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        selfplay.main(tiny_args(folder, tmp_path / "run", "--max-steps", "1", "--threads", "2"))
+        assert torch.get_num_threads() == 2
+        assert read_checkpoint(tmp_path / "run", which="last")["config"]["threads"] == 2
+        selfplay.main(["--resume", str(tmp_path / "run"), "--max-steps", "2"])  # its own count
+        assert torch.get_num_threads() == 2
+        selfplay.main(["--resume", str(tmp_path / "run"), "--max-steps", "3", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        selfplay.main(tiny_args(folder, tmp_path / "default", "--max-steps", "1"))
+        assert torch.get_num_threads() == 1  # the default: one thread (agents.runs.THREADS)
+        with pytest.raises(ValueError, match="threads must be >= 0"):
+            selfplay.main(tiny_args(folder, tmp_path / "bad", "--threads", "-1"))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_config_file_then_flags(tmp_path):
     toml = tmp_path / "exp.toml"
     toml.write_text('game = "oo-same"\nlines = 3\nlr = 0.1\nsender-hidden = [8, 8]\n')

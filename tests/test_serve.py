@@ -248,7 +248,7 @@ def test_the_page_is_served_with_a_strict_policy(tmp_path, run):
         (["--sender", "random", "--receiver", "random"], "exactly one human"),
         (["--port", "70000"], "--port must be"),
         (["--seeds", "0"], "--seeds must be >= 1"),
-        (["--threads", "0"], "--threads must be >= 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
         (["--games", "0"], "--games must be >= 1"),
     ],
 )

@@ -55,6 +55,7 @@ from agents.files import make_folder, write_atomic
 from agents.pretrain import RESUMABLE as PRETRAIN_RESUMABLE
 from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pretrain_checkpoint
 from agents.pretrain import resume_config as resume_pretraining
+from agents.runs import THREADS, THREADS_HELP
 from sketchenv.datasets import labels_of
 from train.flags import run_command
 
@@ -103,9 +104,6 @@ SMOKE_PRETRAIN: dict[str, Any] = {
 """Every pretraining option ``--scale smoke`` changes (about 2 minutes of supervised and
 5 of Barlow Twins pretraining on one core)."""
 PRETRAIN_PREFIX = "pretrain:"
-SMOKE_THREADS = 1
-"""torch CPU threads at smoke scale: the small model's ops are too small to split, and on
-a busy 2-core machine one thread ran a training step 3-4x faster than two."""
 
 
 @dataclasses.dataclass
@@ -248,7 +246,12 @@ def smoke_weights(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_pretrain_config(
-    path: Path, scale: str, output: Path, *, dataset: str | None = None
+    path: Path,
+    scale: str,
+    output: Path,
+    *,
+    dataset: str | None = None,
+    threads: int | None = None,
 ) -> PretrainConfig:
     """The ``train.pretrain`` config of a table's ``pretrain-<name>.toml`` at ``scale``."""
     values = load_config_file(path)
@@ -256,6 +259,8 @@ def resolve_pretrain_config(
         values |= SMOKE_PRETRAIN
     if dataset is not None:
         values["dataset"] = dataset
+    if threads is not None:
+        values["threads"] = threads
     return pretrain_config(values | {"output": str(output)})
 
 
@@ -390,24 +395,22 @@ def run_table(
     """Train (or skip/resume) and evaluate a table's runs, then write its results.
 
     Returns the table's output folder. Stops with ``StoppedEarly`` when a run ends before
-    its budget (Ctrl-C, SIGTERM): rerunning resumes it. ``threads`` sets torch's CPU
-    threads for this process (default: :data:`SMOKE_THREADS` at smoke scale, else torch's).
+    its budget (Ctrl-C, SIGTERM): rerunning resumes it. ``threads`` sets every run's torch
+    CPU threads (default: each config's own, :data:`agents.runs.THREADS` unless it says).
     """
     table = load_table(name, root)
     if eval_games is not None and eval_games < 1:  # checked before hours of training
         raise ValueError(f"--eval-games must be >= 1, got {eval_games}")
-    if threads is None and scale == "smoke":
-        threads = SMOKE_THREADS
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+        if threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
+        overrides = {**(overrides or {}), "threads": threads}
     runs = _select(table.runs, only)
     folder = make_folder(make_folder(output or f"runs/experiments/{scale}") / name)
     pretrained = {}
     for i, (system, path) in enumerate(table.pretraining.items(), 1):
         config = resolve_pretrain_config(
-            path, scale, folder / f"pretrain-{system}", dataset=dataset
+            path, scale, folder / f"pretrain-{system}", dataset=dataset, threads=threads
         )
         print(f"[pretrain {i}/{len(table.pretraining)}] {name}/{system} -> {config.output}")
         pretrained[system] = pretrain_visual_system(config)
@@ -696,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-games", type=int, help="random test games per run [one pass over the test split]"
     )
     p.add_argument(
-        "--threads", type=int, help=f"torch CPU threads [{SMOKE_THREADS} smoke, torch's full]"
+        "--threads", type=int, help=f"{THREADS_HELP} [each run's config, default {THREADS}]"
     )
     p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help="config folder")
     return p

@@ -47,10 +47,12 @@ from agents.experiment import fill_defaults, make_agents, make_game
 from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import (
+    THREADS_HELP,
     epoch_bar,
     lr_factor,
     schedule_horizon,
     seeded_generator,
+    set_threads,
     stop_on_signal,
     stop_reason_now,
     write_csv,
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, help=f"[{d.seed}]")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N [auto]")
+    r.add_argument("--threads", type=int, help=f"{THREADS_HELP} [{d.threads}]")
     r.add_argument("--amp", action=bool_flag, help="float16 autocast on CUDA [on]")
     r.add_argument("--output", help="run directory [runs/selfplay-<game>-<time>]")
     r.add_argument("--val-games", type=int, help=f"validation games per pass [{d.val_games}]")
@@ -206,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config, resumed = resolve_config(argv)
 
     # Seeding and device: one --seed fixes initial weights and every game drawn.
+    set_threads(config.threads)
     torch.manual_seed(config.seed)
     device = select_device(config.device)
     use_amp = config.amp and device.type == "cuda"

@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "plays the same games)",
     )
     parser.add_argument(
-        "--threads", type=int, default=8, help="requests served at once (default 8)"
+        "--workers", type=int, default=8, help="requests served at once (default 8)"
     )
     args = parser.parse_args(argv)
     check_session_args(parser, args)
@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if not 0 <= args.port < 2**16:
         parser.error(f"--port must be in 0..65535, got {args.port}")
-    for flag in ("seeds", "threads"):
+    for flag in ("seeds", "workers"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.seed + args.seeds > 2**63:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                 make_app(study),
                 host=args.host,
                 port=args.port,
-                threads=args.threads,
+                threads=args.workers,
                 max_request_body_size=MAX_REQUEST_BYTES,
                 ident="sketchenv",
             )
