@@ -57,9 +57,8 @@ from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pret
 from agents.pretrain import resume_config as resume_pretraining
 from agents.runs import THREADS, THREADS_HELP
 from sketchenv.datasets import labels_of
-from train.flags import run_command
+from train.flags import EXPERIMENTS_DIR, run_command
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 TABLE_FILE = "table.toml"
 SCALES = ("smoke", "full")
 EVAL_SPLIT = "test"

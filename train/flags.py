@@ -1,5 +1,6 @@
 """What the ``train.*`` commands share: flags generated from a config dataclass (one
-source for names, types, defaults, help and choices), and one-line errors.
+source for names, types, defaults, help and choices), one-line errors, and where the
+experiment configs are.
 
 Each field becomes ``--field-name``; its type gives the parser (``bool`` fields get
 ``--x/--no-x``, ``list[int]`` fields take several values, ``X | None`` takes an ``X``),
@@ -18,12 +19,30 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # What a user's input or machine can cause (a bad value, a missing or damaged file, a
 # full disk, a loss that diverges at the chosen learning rate); anything else is a bug
 # and keeps its traceback.
 INPUT_ERRORS = (ValueError, TypeError, OSError, sqlite3.Error, FloatingPointError)
+
+_HERE = Path(__file__).resolve().parent
+EXPERIMENTS_DIR = _HERE / "tables" if (_HERE / "tables").is_dir() else _HERE.parent / "experiments"
+"""The experiment configs: ``experiments/`` in a clone of the repository; the same files
+shipped inside the package as ``train/tables/`` when it is installed from a wheel."""
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` as given when it exists; else, for ``experiments/...`` (as the README writes
+    them), the shipped copy, so ``--config experiments/table1/original.toml`` works from
+    any folder once the package is installed."""
+    path = Path(path)
+    parts = path.parts
+    if path.exists() or not parts or parts[0] != "experiments":
+        return path
+    shipped = EXPERIMENTS_DIR.joinpath(*parts[1:])
+    return shipped if shipped.exists() else path
 
 
 def run_command(main: Callable[[Sequence[str]], Any], prog: str) -> None:

@@ -35,7 +35,7 @@ from agents.pretrain import (
     run_folder,
 )
 from agents.zoo import WEIGHTS_DIR, recipe_path, shipped
-from train.flags import add_config_flags, run_command
+from train.flags import add_config_flags, find_config, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +71,7 @@ def resolve(
             )
         config_file = recipe_path(remake)
         args.setdefault("output", f"runs/remake-{remake}-{datetime.now():%Y%m%d-%H%M%S}")
-    values = load_config_file(config_file) if config_file else {}
+    values = load_config_file(find_config(config_file)) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()} | args
     if resume is not None:
         return (*resume_config(resume, values), None)

@@ -59,7 +59,7 @@ from agents.runs import (
 )
 from agents.trainer import Outcome, evaluate, select_device, train_step
 from sketchenv.game import GameBatch, SketchGame
-from train.flags import run_command
+from train.flags import find_config, run_command
 
 CSV_FIELDS = (
     "epoch", "step", "games", "seconds", "lr", "train_loss", "train_comm_rate",
@@ -160,7 +160,7 @@ def resolve_config(argv: Sequence[str] | None) -> tuple[SelfPlayConfig, dict | N
     run-control flags may change). Returns the config and the checkpoint to resume."""
     args = vars(build_parser().parse_args(argv))
     config_file, resume = args.pop("config", None), args.pop("resume", None)
-    values = load_config_file(config_file) if config_file else {}
+    values = load_config_file(find_config(config_file)) if config_file else {}
     values = {k.replace("-", "_"): v for k, v in values.items()} | args
     if resume is None:
         config = config_from_dict(values)
