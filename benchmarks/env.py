@@ -1,4 +1,4 @@
-"""Speed of the game: episodes/s through the PettingZoo API vs games/s through the batched core.
+"""Speed of the game: episodes/s through the PettingZoo API, the vectorised env and the core.
 
 Paper settings: the original game with 99 distractors, 20 random strokes, 64 px `shapes`.
 Both paths use the same `SketchGame` (images preloaded into its 8-bit cache, as after one
@@ -34,6 +34,19 @@ def env_episodes(env, n_episodes: int) -> float:
     return rate(n_episodes, time.perf_counter() - start)
 
 
+def vector_games(env, n_steps: int) -> float:
+    """Random policies through the vectorised env: games (= N per two steps) per second."""
+    rng = np.random.default_rng(0)
+    n, c = env.num_envs, env.n_candidates
+    shape = env.action_space("sender_0").shape
+    env.reset(seed=0)
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        env.step({"sender_0": rng.uniform(-1, 1, shape).astype(np.float32)})
+        env.step({"receiver_0": rng.integers(c, size=n)})
+    return rate(n_steps * n, time.perf_counter() - start)
+
+
 def core_games(game, n_blocks: int, *, render: bool, backward: bool = False) -> float:
     """Blocks of games through the core (sample, optionally render, choose, score)."""
     g = torch.Generator().manual_seed(0)
@@ -56,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=200, help="env episodes to time")
     parser.add_argument("--blocks", type=int, default=20, help="core blocks of 100 games to time")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--num-envs", type=int, default=64, help="games per vector-env step")
+    parser.add_argument("--vector-steps", type=int, default=20, help="vector-env games to time")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -70,8 +85,21 @@ def main(argv: list[str] | None = None) -> None:
     game.preload()
     preload_s = time.perf_counter() - start
     env_episodes(env, 5)  # warm-up
+    vectors = {  # the default (new arrays every step) and copy=False (buffers reused)
+        copy: sketchenv.vector_env(
+            args.num_envs, game="original", image_size=args.image_size, n_lines=20, copy=copy
+        )
+        for copy in (True, False)
+    }
+    for vector in vectors.values():
+        vector.core.preload()
+        vector_games(vector, 2)  # warm-up
     rows = [
         ("PettingZoo parallel API, random policies", env_episodes(env, args.episodes)),
+        *(
+            (f"vector env, {args.num_envs} a step, copy={copy}", vector_games(v, args.vector_steps))
+            for copy, v in vectors.items()
+        ),
         ("core: sample + choose + score", core_games(game, args.blocks, render=False)),
         ("core: + render sketches (forward)", core_games(game, args.blocks, render=True)),
         ("core: + render backward", core_games(game, args.blocks, render=True, backward=True)),

@@ -1,6 +1,7 @@
 """sketchenv: emergent communication through sketching, as a PettingZoo env and a torch core.
 
-`sketchenv.parallel_env(...)` and `sketchenv.env(...)` give the game to any policy;
+`sketchenv.parallel_env(...)` and `sketchenv.env(...)` give the game to any policy,
+`sketchenv.vector_env(num_envs, ...)` N games at once for reinforcement learning;
 `sketchenv.game.SketchGame` is the batched, differentiable core the self-play trainer uses.
 """
 
@@ -8,15 +9,18 @@ import pettingzoo
 
 from sketchenv.env import SketchParallelEnv, env, parallel_env, raw_env
 from sketchenv.game import GAMES, GameBatch, SketchGame
+from sketchenv.vector import SketchVectorEnv, vector_env
 
 __all__ = [
     "GAMES",
     "GameBatch",
     "SketchGame",
     "SketchParallelEnv",
+    "SketchVectorEnv",
     "env",
     "parallel_env",
     "raw_env",
+    "vector_env",
 ]
 
 if hasattr(pettingzoo, "register"):  # PettingZoo >= 1.26 has a registry of env ids

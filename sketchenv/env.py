@@ -274,31 +274,7 @@ class SketchParallelEnv(ParallelEnv):
         return {agent: dict(info) for agent in self.agents}
 
     def _check_strokes(self, action) -> np.ndarray:
-        if isinstance(action, torch.Tensor):
-            action = action.detach().cpu().numpy()
-        try:
-            strokes = np.asarray(action)
-        except (TypeError, ValueError) as error:  # e.g. ragged nested lists
-            raise TypeError(f"{SENDER}'s action must be an array of numbers: {error}") from None
-        if strokes.dtype == np.bool_ or strokes.dtype.kind not in "fiu":
-            raise TypeError(
-                f"{SENDER}'s action must be a real-valued (float) array, got dtype {strokes.dtype}"
-            )
-        expected = self._action_spaces[SENDER].shape
-        if strokes.shape != expected:
-            raise ValueError(
-                f"{SENDER}'s action must have shape {expected} (n_lines strokes of x0, y0, x1, y1), "
-                f"got {strokes.shape}"
-            )
-        strokes = strokes.astype(np.float32)
-        if not np.isfinite(strokes).all():
-            raise ValueError(f"{SENDER}'s action contains NaN or infinite coordinates")
-        if strokes.min() < -1 or strokes.max() > 1:
-            raise ValueError(
-                f"{SENDER}'s stroke coordinates must lie in [-1, 1] (canvas units), found "
-                f"[{strokes.min():.3g}, {strokes.max():.3g}]; clip or squash (tanh) them"
-            )
-        return strokes
+        return check_strokes(action, self._action_spaces[SENDER].shape, f"{SENDER}'s action")
 
     def _check_choice(self, action) -> int:
         if isinstance(action, torch.Tensor | np.ndarray) and action.ndim == 0:
@@ -367,6 +343,51 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
     """Float `[..., 3, H, W]` in [0, 1] -> uint8 `[..., H, W, 3]`."""
     hwc = images.detach().movedim(-3, -1).contiguous()  # a copy, so the in-place ops are safe
     return hwc.mul_(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def check_strokes(action, shape: tuple[int, ...], who: str) -> np.ndarray:
+    """A sender's action as float32 strokes of ``shape``, or a clear error naming ``who``."""
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu().numpy()
+    try:
+        strokes = np.asarray(action)
+    except (TypeError, ValueError) as error:  # e.g. ragged nested lists
+        raise TypeError(f"{who} must be an array of numbers: {error}") from None
+    if strokes.dtype == np.bool_ or strokes.dtype.kind not in "fiu":
+        raise TypeError(f"{who} must be a real-valued (float) array, got dtype {strokes.dtype}")
+    if strokes.shape != shape:
+        raise ValueError(
+            f"{who} must have shape {shape} (n_lines strokes of x0, y0, x1, y1), "
+            f"got {strokes.shape}"
+        )
+    strokes = strokes.astype(np.float32)
+    if not np.isfinite(strokes).all():
+        raise ValueError(f"{who} contains NaN or infinite coordinates")
+    if strokes.min() < -1 or strokes.max() > 1:
+        raise ValueError(
+            f"{who}: stroke coordinates must lie in [-1, 1] (canvas units), found "
+            f"[{strokes.min():.3g}, {strokes.max():.3g}]; clip or squash (tanh) them"
+        )
+    return strokes
+
+
+def check_choices(action, n: int, n_candidates: int) -> np.ndarray:
+    """The receivers' batched action as ``n`` candidate indices, or a clear error."""
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu().numpy()
+    choices = np.asarray(action)
+    if choices.dtype == np.bool_ or choices.dtype.kind not in "iu":
+        raise TypeError(
+            f"{RECEIVER}'s batched action must be integer candidate indices, got dtype {choices.dtype}"
+        )
+    if choices.shape != (n,):
+        raise ValueError(f"{RECEIVER}'s batched action must have shape ({n},), got {choices.shape}")
+    if choices.min() < 0 or choices.max() >= n_candidates:
+        raise ValueError(
+            f"{RECEIVER}'s choices must be candidate indices in [0, {n_candidates}), found "
+            f"[{choices.min()}, {choices.max()}]"
+        )
+    return choices.astype(np.int64)
 
 
 def _check_seed(seed) -> int:

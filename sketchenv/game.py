@@ -169,6 +169,13 @@ class SketchGame:
     # ----- sampling -------------------------------------------------------------------------
     def sample(self, n_blocks: int, generator: torch.Generator | None = None) -> GameBatch:
         """Draw `n_blocks` independent random blocks of games."""
+        return self._batch(*self.sample_ids(n_blocks, generator))
+
+    def sample_ids(
+        self, n_blocks: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What `sample` draws, as dataset ids without the images: `(sender_ids [B, G],
+        candidate_ids [B, C], targets [B, G])`; the same random draws as `sample`."""
         g = self._generator(generator)
         if not _is_int(n_blocks) or n_blocks < 1:
             raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
@@ -183,14 +190,21 @@ class SketchGame:
             within = _uniform_below(self._counts[classes], g)
             candidate_ids = self._members[self._offsets[classes] + within]
         sender_ids = self._sender_ids(candidate_ids, g)
-        return self._batch(sender_ids, candidate_ids, self._all_targets(n_blocks))
+        return sender_ids, candidate_ids, self._all_targets(n_blocks)
 
     def sample_game(self, generator: torch.Generator | None = None) -> GameBatch:
         """One game: a random game of a random block (`B = G = 1`, `C` candidates)."""
+        return self._batch(*self.sample_game_ids(generator))
+
+    def sample_game_ids(
+        self, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What `sample_game` draws, as ids: `(sender_ids [1, 1], candidate_ids [1, C],
+        targets [1, 1])` (for the vectorised env, which reads the images itself)."""
         g = self._generator(generator)
-        block = self.sample(1, g)
+        sender_ids, candidate_ids, targets = self.sample_ids(1, g)
         game = int(torch.randint(self.n_candidates, (1,), generator=g))
-        return block.select_games([game])
+        return sender_ids[:, [game]], candidate_ids, targets[:, [game]]
 
     def epoch(
         self, blocks_per_batch: int, generator: torch.Generator | None = None

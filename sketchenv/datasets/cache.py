@@ -36,18 +36,24 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def images(self, ids: Tensor) -> Tensor:
-        """uint8 images ``[*ids.shape, 3, H, W]``, read through the cache when it is enabled."""
+    def images(self, ids: Tensor, out: Tensor | None = None) -> Tensor:
+        """uint8 images ``[*ids.shape, 3, H, W]``, read through the cache when it is enabled;
+        into ``out`` (of that shape) when given, which saves allocating the result."""
         flat = ids.flatten()
+        shape = (*ids.shape, 3, *self.image_size)
+        if out is not None and (tuple(out.shape) != shape or out.dtype != torch.uint8):
+            raise ValueError(f"out must be a uint8 tensor {list(shape)}, got {describe(out)}")
         if not self.enabled:
-            images = self._load(flat)
-        else:
-            missing = flat[~self._cached[flat]].unique()
-            if len(missing):
-                self._cache[missing] = self._load(missing)
-                self._cached[missing] = True
-            images = self._cache[flat]
-        return images.view(*ids.shape, 3, *self.image_size)
+            images = self._load(flat).view(shape)
+            return images if out is None else out.copy_(images)
+        missing = flat[~self._cached[flat]].unique()
+        if len(missing):
+            self._cache[missing] = self._load(missing)
+            self._cached[missing] = True
+        if out is None:
+            return self._cache[flat].view(shape)
+        torch.index_select(self._cache, 0, flat, out=out.view(len(flat), 3, *self.image_size))
+        return out
 
     def preload(self, chunk: int = 1024) -> bool:
         """Read every image into memory now; False (and nothing read) when over the budget."""
