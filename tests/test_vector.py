@@ -106,7 +106,7 @@ def test_bad_actions_and_options_are_explained():
             vector.step(actions)
     vector.step({"sender_0": torch.zeros(2, 3, 4)})  # a tensor is fine
     for choices, error, message in [
-        (np.array([0, 99]), ValueError, "candidate indices in"),
+        (np.array([0, 100]), ValueError, "candidate indices in"),
         (np.array([0.0, 1.0]), TypeError, "integer"),
         (np.array([0]), ValueError, r"shape \(2,\)"),
     ]:
