@@ -124,6 +124,10 @@ class SketchParallelEnv(ParallelEnv):
             SENDER: spaces.Box(-1.0, 1.0, (self.core.n_lines, 4), np.float32),
             RECEIVER: spaces.Discrete(self.n_candidates),
         }
+        # Everything either agent can see, side by side: for centralised critics (MAPPO).
+        self.state_space = spaces.Box(
+            0, 255, (height, width * (self.n_candidates + 2), 3), np.uint8
+        )
 
         self._generator = torch.Generator()
         if seed is None:
@@ -204,6 +208,14 @@ class SketchParallelEnv(ParallelEnv):
         return observations, rewards, terminations, truncations, infos
 
     # ----- rendering ----------------------------------------------------------------------
+    def state(self) -> np.ndarray:
+        """The global state: the sender's image, the sketch (blank until it is drawn) and
+        the candidates, side by side in one uint8 picture ``[H, W * (C + 2), 3]``."""
+        if self._game is None:
+            raise RuntimeError("state() called before reset(): call env.reset() first")
+        sketch = self._blank if self._sketch is None else self._sketch
+        return np.concatenate([self._sender_image, sketch, *self._candidates], axis=1)
+
     def render_state(self) -> dict:
         """What renderers draw (see docs/architecture.md); the target only after the pick."""
         if self._game is None:

@@ -69,6 +69,7 @@ class SketchVectorEnv:
             agent: batch_space(self.single.action_space(agent), num_envs)
             for agent in self.possible_agents
         }
+        self.state_space = batch_space(self.single.state_space, num_envs)
         if not isinstance(copy, bool):
             raise TypeError(f"copy must be True or False, got {copy!r}")
         self.copy = copy
@@ -141,6 +142,13 @@ class SketchVectorEnv:
         infos = self._infos()
         self._new_games()  # same-step autoreset
         return self._observations(), rewards, terminations, truncations, infos
+
+    def state(self) -> np.ndarray:
+        """The parallel env's ``state()`` of every game, ``[N, H, W * (C + 2), 3]``."""
+        if self._phase is None:
+            raise RuntimeError("state() called before reset(): call reset() first")
+        candidates = [self._candidates[:, i] for i in range(self.n_candidates)]
+        return np.concatenate([self._sender_images, self._sketches, *candidates], axis=2)
 
     def close(self) -> None:
         self.single.close()

@@ -9,7 +9,7 @@ import numpy as np
 import pettingzoo
 import pytest
 import torch
-from pettingzoo.test import api_test, parallel_api_test, render_test
+from pettingzoo.test import api_test, parallel_api_test, render_test, state_test
 from pettingzoo.utils.conversions import parallel_to_aec
 from torch.utils.data import Dataset
 
@@ -91,6 +91,29 @@ def test_pettingzoo_api_tests_pass(game):
         parallel_api_test(make(game), num_cycles=40)
         api_test(parallel_to_aec(make(game)), num_cycles=40)
         api_test(sketchenv.env(game=game, dataset=NOISE, n_lines=3, n_distractors=4), num_cycles=40)
+
+
+@pytest.mark.parametrize("game", VARIANTS)
+def test_state_is_everything_both_agents_see_and_passes_pettingzoos_state_test(game):
+    kwargs = {"game": game, "dataset": NOISE, "n_lines": 3, "n_distractors": 4}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either: a NumPy picture, in its space
+        state_test(sketchenv.env(**kwargs), make(game), num_cycles=20)
+    env = make(game)
+    observations, _ = env.reset(seed=3)
+    width = observations["sender_0"]["image"].shape[1]
+    tiles = np.split(env.state(), env.n_candidates + 2, axis=1)
+    np.testing.assert_array_equal(tiles[0], observations["sender_0"]["image"])
+    np.testing.assert_array_equal(tiles[1], observations["receiver_0"]["sketch"])  # blank
+    strokes = np.array([[-0.8, -0.8, 0.8, 0.8]] * 3, np.float32)
+    observations, *_ = env.step({"sender_0": strokes})
+    tiles = np.split(env.state(), env.n_candidates + 2, axis=1)
+    np.testing.assert_array_equal(tiles[1], observations["receiver_0"]["sketch"])  # drawn
+    for i, tile in enumerate(tiles[2:]):
+        np.testing.assert_array_equal(tile, observations["receiver_0"][f"candidate_{i}"])
+    assert env.state_space.contains(env.state()) and tiles[0].shape[1] == width
+    with pytest.raises(RuntimeError, match="before reset"):
+        make(game).state()
 
 
 @pytest.mark.parametrize("game", VARIANTS)

@@ -30,6 +30,8 @@ def play_both(game: str, n: int, rounds: int, copy: bool) -> None:
                         np.testing.assert_array_equal(batched[who][key][i], value, err_msg=key)
                         assert batched[who]["phase"][i] == phase
             assert vector.observation_space(agent).contains(batched[agent])
+            for i, env in enumerate(envs):
+                np.testing.assert_array_equal(vector.state()[i], env.state())
             if agent == "sender_0":
                 action = rng.uniform(-1, 1, vector.action_space(agent).shape).astype(np.float32)
             else:
@@ -38,7 +40,7 @@ def play_both(game: str, n: int, rounds: int, copy: bool) -> None:
             steps = [env.step({agent: action[i]}) for i, env in enumerate(envs)]
             for i, (observation, reward, terminated, truncated, info) in enumerate(steps):
                 for who in vector.possible_agents:
-                    assert rewards[who][i] == reward[who] and not truncations[who][i]
+                    assert rewards[who][i] == reward[who] and truncations[who][i] == truncated[who]
                     assert terminations[who][i] == terminated[who]
                     assert {k: v[i] for k, v in infos[who].items()} == info[who]
                 if agent == "sender_0":
