@@ -186,6 +186,11 @@ def play_game(
     return game, state
 
 
+def agent_player(spec: str, env, agents: dict[str, Policy]) -> Policy:
+    """A player that is not a person: ``random`` (seed it per game) or a loaded checkpoint."""
+    return RandomPolicy(env) if spec == "random" else agents[spec]
+
+
 def make_players(
     args: argparse.Namespace,
     env,
@@ -204,17 +209,23 @@ def make_players(
             return HumanSender(window, n_lines=n_lines)
         if spec == "human":
             return HumanReceiver(window)
-        if spec == "random":
-            return RandomPolicy(env)
-        return agents[spec]
+        return agent_player(spec, env, agents)
 
     sender, receiver = make(args.sender, SENDER), make(args.receiver, RECEIVER)
+    return sender, receiver, *comparison(args, agents)
+
+
+def comparison(
+    args: argparse.Namespace, agents: dict[str, Policy]
+) -> tuple[Policy | None, str | None]:
+    """The agent receiver that also answers each game (None when the receiver is itself
+    that agent, or there is none) and the name of the agent in the record."""
     compare = compared_agent(args)
     if compare is not None:
-        return sender, receiver, agents[compare], player_identity(compare, agents)
+        return agents[compare], player_identity(compare, agents)
     if args.receiver not in PLAYERS:
-        return sender, receiver, None, player_identity(args.receiver, agents)
-    return sender, receiver, None, None
+        return None, player_identity(args.receiver, agents)
+    return None, None
 
 
 def add_session_flags(parser: argparse.ArgumentParser) -> None:

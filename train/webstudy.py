@@ -33,10 +33,11 @@ from sketchenv.human import pad_strokes
 from train.play import (
     RECEIVER,
     SENDER,
+    agent_player,
+    comparison,
     game_options,
     game_seed,
     load_agents,
-    make_players,
     play_game,
     session_setting,
 )
@@ -73,13 +74,10 @@ class Prepared:
     game: dict
 
 
-def png_data_url(image: np.ndarray, scale: int = 1) -> str:
+def png_data_url(image: np.ndarray) -> str:
     """An ``[H, W, 3]`` uint8 picture as a PNG ``data:`` URL (the page needs no image URLs)."""
-    picture = Image.fromarray(np.ascontiguousarray(image))
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -108,11 +106,9 @@ class WebStudy:
                 agent.check_env(self.env)
         self.n_lines = int(self.options["n_lines"])
         self.n_candidates = self.env.n_candidates
-        # The human player's policy is a stand-in that plays the answer given to it.
-        sender, receiver, self.compare, self.agent = make_players(
-            args, self.env, None, agents, self.n_lines
-        )
-        self.agent_player = receiver if self.role == SENDER else sender
+        other = args.receiver if self.role == SENDER else args.sender
+        self.agent_player = agent_player(other, self.env, agents)  # the one who is not a person
+        self.compare, self.agent = comparison(args, agents)
         self.db = StudyDB(Path(args.db) if args.db else Path(args.output) / "study.sqlite")
         self.env_lock = threading.Lock()  # one env plays every game, one at a time
         self.db_lock = threading.Lock()
