@@ -33,6 +33,7 @@ from sketchenv.human import pad_strokes
 from train.play import (
     RECEIVER,
     SENDER,
+    RandomPolicy,
     agent_player,
     comparison,
     game_options,
@@ -208,7 +209,7 @@ class WebStudy:
 
     def _seed_random(self, seed: int, index: int) -> None:
         """A ``random`` agent plays game ``index`` as in ``train.play`` (seeded per game)."""
-        if hasattr(self.agent_player, "seed"):
+        if isinstance(self.agent_player, RandomPolicy):
             role = 0 if self.role == RECEIVER else 1
             self.agent_player.seed((seed, index, role))
 
