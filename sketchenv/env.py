@@ -172,21 +172,7 @@ class SketchParallelEnv(ParallelEnv):
             raise RuntimeError("step() called before reset(): call env.reset() first")
         if not self.agents:
             raise RuntimeError("step() called after the episode ended: call env.reset()")
-        if not isinstance(actions, Mapping):
-            raise TypeError(
-                f"actions must be a dict {{agent: action}}, got {type(actions).__name__}"
-            )
-        unknown = set(actions) - set(self.possible_agents)
-        if unknown:
-            raise ValueError(
-                f"unknown agents in actions: {sorted(unknown)}; agents are {self.agents}"
-            )
-        acting = SENDER if self._phase == 0 else RECEIVER
-        if actions.get(acting) is None:
-            raise ValueError(
-                f"phase {self._phase}: actions must include {acting!r} (it acts now; "
-                "the other agent's action is ignored)"
-            )
+        acting_agent(actions, self._phase)  # checks the actions; the phase says who acts
         rewards = dict.fromkeys(self.agents, 0.0)
         terminations = dict.fromkeys(self.agents, False)
         truncations = dict.fromkeys(self.agents, False)
@@ -355,6 +341,25 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
     """Float `[..., 3, H, W]` in [0, 1] -> uint8 `[..., H, W, 3]`."""
     hwc = images.detach().movedim(-3, -1).contiguous()  # a copy, so the in-place ops are safe
     return hwc.mul_(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def acting_agent(actions, phase: int) -> str:
+    """The agent whose action counts in ``phase``, once ``actions`` is a dict of known
+    agents that includes it (else a clear error)."""
+    if not isinstance(actions, Mapping):
+        raise TypeError(f"actions must be a dict {{agent: action}}, got {type(actions).__name__}")
+    unknown = set(actions) - {SENDER, RECEIVER}
+    if unknown:
+        raise ValueError(
+            f"unknown agents in actions: {sorted(unknown)}; agents are {[SENDER, RECEIVER]}"
+        )
+    acting = SENDER if phase == 0 else RECEIVER
+    if actions.get(acting) is None:
+        raise ValueError(
+            f"phase {phase}: actions must include {acting!r} (it acts now; "
+            "the other agent's action is ignored)"
+        )
+    return acting
 
 
 def check_strokes(action, shape: tuple[int, ...], who: str) -> np.ndarray:

@@ -37,6 +37,7 @@ from sketchenv.env import (
     SketchParallelEnv,
     _check_seed,
     _to_hwc,
+    acting_agent,
     check_choices,
     check_strokes,
 )
@@ -112,18 +113,7 @@ class SketchVectorEnv:
         ``actions[receiver_0]`` choices ``[N]`` (the other agent's action is ignored)."""
         if self._phase is None:
             raise RuntimeError("step() called before reset(): call reset() first")
-        if not isinstance(actions, Mapping):
-            raise TypeError(
-                f"actions must be a dict {{agent: action}}, got {type(actions).__name__}"
-            )
-        unknown = set(actions) - set(self.possible_agents)
-        if unknown:
-            raise ValueError(
-                f"unknown agents in actions: {sorted(unknown)}; agents are {self.agents}"
-            )
-        acting = SENDER if self._phase == 0 else RECEIVER
-        if actions.get(acting) is None:
-            raise ValueError(f"phase {self._phase}: actions must include {acting!r} (it acts now)")
+        acting_agent(actions, self._phase)
         n = self.num_envs
         rewards = {agent: np.zeros(n, np.float32) for agent in self.agents}
         terminations = {agent: np.zeros(n, bool) for agent in self.agents}

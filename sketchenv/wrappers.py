@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo.utils.wrappers import BaseParallelWrapper
 
-from sketchenv.env import RECEIVER, SENDER, SketchParallelEnv
+from sketchenv.env import RECEIVER, SENDER, SketchParallelEnv, acting_agent
 
 
 class SharedSpaces(BaseParallelWrapper):
@@ -55,10 +55,7 @@ class SharedSpaces(BaseParallelWrapper):
         return self._observations(observations), self._with_masks(infos)
 
     def step(self, actions: dict):
-        phase = self.env.unwrapped.render_state()["phase"]
-        acting = SENDER if phase == 0 else RECEIVER
-        if actions.get(acting) is None:
-            raise ValueError(f"phase {phase}: actions must include {acting!r} (it acts now)")
+        acting = acting_agent(actions, self.env.unwrapped.render_state()["phase"])
         action = np.asarray(actions[acting], dtype=np.float32)
         if action.shape != self._action_space.shape:
             raise ValueError(
