@@ -78,24 +78,25 @@ class SharedSpaces(BaseParallelWrapper):
 
     def _observations(self, inner: dict) -> dict:
         """The flat observation of every agent the env returned an observation for."""
-        phase = self.env.unwrapped.render_state()["phase"]
-        seen = {SENDER: self.env.unwrapped.state(), RECEIVER: self.env.unwrapped.state()}
+        state = self.env.unwrapped.state()
+        seen = {SENDER: state.copy(), RECEIVER: state}
         seen[SENDER][:, self._tile :] = 0  # the sender sees its image only
         seen[RECEIVER][:, : self._tile] = 0  # the receiver never sees the sender's image
         return {
-            agent: np.concatenate([np.array([index, phase], np.uint8), seen[agent].ravel()])
+            agent: np.concatenate(
+                [np.array([index, inner[agent]["phase"]], np.uint8), seen[agent].ravel()]
+            )
             for index, agent in enumerate((SENDER, RECEIVER))
             if agent in inner
         }
 
     def _with_masks(self, infos: dict) -> dict:
-        phase = self.env.unwrapped.render_state()["phase"]
         strokes = 4 * self.n_lines
         for agent, info in infos.items():
             mask = np.zeros(self._action_space.shape, bool)
-            if agent == SENDER and phase == 0:
+            if agent == SENDER and info["phase"] == 0:
                 mask[:strokes] = True
-            elif agent == RECEIVER and phase == 1:
+            elif agent == RECEIVER and info["phase"] == 1:
                 mask[strokes:] = True
             info["action_mask"] = mask
         return infos
