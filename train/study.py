@@ -169,10 +169,14 @@ class StudyDB:
         if not read_only:
             self.connection.execute("PRAGMA journal_mode=WAL")
 
+    def keep_participants(self) -> None:
+        """Add the web study's ``participants`` table if the file has none yet."""
+        with self.connection:
+            self.connection.execute(PARTICIPANTS)
+
     def add_participant(self, token: str, seed: int) -> None:
         """Register a web participant (committed at once, so a restart keeps them)."""
         with self.connection:
-            self.connection.execute(PARTICIPANTS)
             self.connection.execute(
                 "INSERT INTO participants (token, seed, joined_at) VALUES (?, ?, ?)",
                 (token, seed, _now()),
@@ -180,8 +184,6 @@ class StudyDB:
 
     def participant_seed(self, token: str) -> int | None:
         """The seed of a registered web participant; None for an unknown token."""
-        if "participants" not in self._tables():
-            return None
         row = self.connection.execute(
             "SELECT seed FROM participants WHERE token = ?", (token,)
         ).fetchone()
@@ -189,8 +191,6 @@ class StudyDB:
 
     def participants(self) -> int:
         """How many web participants have joined."""
-        if "participants" not in self._tables():
-            return 0
         return int(self.connection.execute("SELECT COUNT(*) FROM participants").fetchone()[0])
 
     def _tables(self) -> set[str]:

@@ -111,6 +111,7 @@ class WebStudy:
         self.agent_player = agent_player(other, self.env, agents)  # the one who is not a person
         self.compare, self.agent = comparison(args, agents)
         self.db = StudyDB(Path(args.db) if args.db else Path(args.output) / "study.sqlite")
+        self.db.keep_participants()
         self.env_lock = threading.Lock()  # one env plays every game, one at a time
         self.db_lock = threading.Lock()
         self.prepared: OrderedDict[tuple[int, int], Prepared] = OrderedDict()
