@@ -88,6 +88,14 @@ class SelfPlayConfig:
         return config_from_dict({**self.to_dict(), **changes})
 
 
+def option(default: Any, help: str, group: str, **meta: Any) -> Any:
+    """A dataclass field with its command-line help and section (see :mod:`train.flags`);
+    a list default is copied for every instance."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
+    value = {} if factory else {"default": default}
+    return field(**value, **factory, metadata={"help": help, "group": group, **meta})
+
+
 def default_sigma2(image_size: int) -> float:
     """The paper's sigma^2 = 5e-4 at 96 px, scaled so strokes keep its width in pixels."""
     return 5e-4 * (96 / image_size) ** 2

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from agents.augment import AUGMENTATIONS
 from agents.backbones import BACKBONES, make_backbone, save_weights
 from agents.checkpoint import CheckpointError, save_checkpoint
-from agents.config import dataclass_from_mapping
+from agents.config import dataclass_from_mapping, option
 from agents.experiment import make_split
 from agents.files import (
     CorruptFileError,
@@ -64,47 +64,40 @@ CSV_FIELDS = ("epoch", "step", "images", "seconds", "lr", "loss", "linear_probe"
 RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "output", "log_every", "threads")
 
 
-def _flag(default: Any, help: str, group: str, **meta: Any) -> Any:
-    """A dataclass field with its command-line help (see :mod:`train.flags`)."""
-    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
-    value = {} if factory else {"default": default}
-    return field(**value, **factory, metadata={"help": help, "group": group, **meta})
-
-
 @dataclass
 class PretrainConfig:
     """Everything that defines a pretraining run (``python -m train.pretrain --help``)."""
 
-    method: str = _flag("supervised", "objective", "method", choices=METHODS)
-    dataset: str = _flag("shapes", "registry name or imagefolder:PATH", "data")
-    data_root: str = _flag("./data", "where datasets live", "data")
-    download: bool = _flag(False, "download the dataset if missing", "data")
-    image_size: int | None = _flag(
+    method: str = option("supervised", "objective", "method", choices=METHODS)
+    dataset: str = option("shapes", "registry name or imagefolder:PATH", "data")
+    data_root: str = option("./data", "where datasets live", "data")
+    download: bool = option(False, "download the dataset if missing", "data")
+    image_size: int | None = option(
         None, "pixels per side", "data", default_help="32 for small, the dataset's for vgg16"
     )
-    drawings: float = _flag(
+    drawings: float = option(
         0.0, "probability that a view is replaced by its line drawing", "method"
     )
-    backbone: str = _flag("small", "network to pretrain", "model", choices=BACKBONES)
-    backbone_width: int = _flag(32, "small backbone channels", "model")
-    epochs: int = _flag(20, "passes over the training split", "optimisation")
-    batch_size: int = _flag(64, "images per step", "optimisation")
-    lr: float = _flag(2e-3, "AdamW learning rate (cosine decay to 0)", "optimisation")
-    weight_decay: float = _flag(5e-4, "AdamW decoupled weight decay", "optimisation")
-    warmup_steps: int = _flag(50, "linear warm-up steps", "optimisation")
-    grad_clip: float | None = _flag(5.0, "max gradient norm, 0 = off", "optimisation")
-    seed: int = _flag(0, "weights, data order, augmentations and dataset splits", "run")
-    device: str = _flag("auto", "auto | cpu | cuda | cuda:N", "run")
-    amp: bool = _flag(True, "float16 autocast on CUDA", "run")
-    threads: int = _flag(THREADS, THREADS_HELP, "run")
-    output: str | None = _flag(
+    backbone: str = option("small", "network to pretrain", "model", choices=BACKBONES)
+    backbone_width: int = option(32, "small backbone channels", "model")
+    epochs: int = option(20, "passes over the training split", "optimisation")
+    batch_size: int = option(64, "images per step", "optimisation")
+    lr: float = option(2e-3, "AdamW learning rate (cosine decay to 0)", "optimisation")
+    weight_decay: float = option(5e-4, "AdamW decoupled weight decay", "optimisation")
+    warmup_steps: int = option(50, "linear warm-up steps", "optimisation")
+    grad_clip: float | None = option(5.0, "max gradient norm, 0 = off", "optimisation")
+    seed: int = option(0, "weights, data order, augmentations and dataset splits", "run")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", "run")
+    amp: bool = option(True, "float16 autocast on CUDA", "run")
+    threads: int = option(THREADS, THREADS_HELP, "run")
+    output: str | None = option(
         None, "run directory", "run", default_help="runs/pretrain-<method>-<time>"
     )
-    probe_every: int = _flag(5, "epochs between linear-probe/k-NN measures", "run")
-    probe_images: int = _flag(10_000, "training images the probes fit on", "run")
-    max_steps: int | None = _flag(None, "stop after this many steps in all", "run")
-    time_budget: float | None = _flag(None, "stop after this many seconds (this process)", "run")
-    log_every: int = _flag(20, "steps between TensorBoard points", "run")
+    probe_every: int = option(5, "epochs between linear-probe/k-NN measures", "run")
+    probe_images: int = option(10_000, "training images the probes fit on", "run")
+    max_steps: int | None = option(None, "stop after this many steps in all", "run")
+    time_budget: float | None = option(None, "stop after this many seconds (this process)", "run")
+    log_every: int = option(20, "steps between TensorBoard points", "run")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from agents.files import write_atomic
@@ -49,6 +50,23 @@ def set_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads in this process (0 leaves torch's default)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def sketch_grid(images: torch.Tensor, sketches: torch.Tensor, n: int = 16) -> torch.Tensor:
+    """Pairs (sender's image, its sketch) of the first ``n`` of ``[N, 3, H, W]`` images and
+    sketches, four pairs per row; small images are enlarged (nearest neighbour) to at least
+    96 px so strokes show."""
+    pairs = torch.stack([images[:n].cpu().float(), sketches[:n].cpu().float()], 1).flatten(0, 1)
+    scale = max(1, math.ceil(96 / pairs.shape[-1]))
+    pairs = pairs.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    return make_grid(pairs, nrow=8, padding=2, pad_value=0.5)
+
+
+def write_png(path: str | Path, image: torch.Tensor) -> None:
+    """A ``[3, H, W]`` image in [0, 1] as a PNG file, atomically."""
+    png = io.BytesIO()
+    save_image(image, png, format="png")
+    write_atomic(path, png.getvalue())
 
 
 def seeded_generator(*keys: int) -> torch.Generator:
@@ -83,12 +101,13 @@ def stop_reason_now(
     interrupted: dict, config: Any, step: int, start_time: float, after_step: bool = True
 ) -> str | None:
     """Why a training loop must stop now, if it must: a signal (``stop_on_signal``'s
-    flag), ``config.max_steps`` reached, or ``config.time_budget`` seconds since
+    flag), ``config.max_steps`` reached (when the config has one), or ``config.time_budget`` seconds since
     ``start_time`` (``time.monotonic()``) spent; the budget is checked only
     ``after_step``, so every run makes at least one step."""
     if interrupted["signal"]:
         return interrupted["signal"]
-    if config.max_steps is not None and step >= config.max_steps:
+    max_steps = getattr(config, "max_steps", None)
+    if max_steps is not None and step >= max_steps:
         return "max_steps"
     out_of_time = config.time_budget and time.monotonic() - start_time > config.time_budget
     return "time_budget" if after_step and out_of_time else None

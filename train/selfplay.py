@@ -16,7 +16,6 @@ PNG grid of sketches per validation pass in ``grids/``, and ``last.pt`` / ``best
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid, save_image
 
 from agents.backbones import describe_weights
 from agents.checkpoint import (
@@ -53,11 +51,13 @@ from agents.runs import (
     schedule_horizon,
     seeded_generator,
     set_threads,
+    sketch_grid,
     stop_on_signal,
     stop_reason_now,
     write_csv,
+    write_png,
 )
-from agents.trainer import Outcome, evaluate, select_device, train_step
+from agents.trainer import evaluate, select_device, train_step
 from sketchenv.game import GameBatch, SketchGame
 from train.flags import find_config, run_command
 
@@ -190,17 +190,6 @@ def validation_batches(
     n_blocks = math.ceil(n_games / game.n_candidates)
     for start in range(0, n_blocks, blocks):
         yield game.sample(min(blocks, n_blocks - start), generator)
-
-
-def sketch_grid(batch: GameBatch, outcome: Outcome, n: int = 16) -> torch.Tensor:
-    """Pairs (sender's image, its sketch) for the first ``n`` games, four pairs per row;
-    small images are enlarged (nearest neighbour) to at least 96 px so strokes show."""
-    images = batch.sender_images.flatten(0, 1)[:n].cpu().float()
-    sketches = outcome.sketches.flatten(0, 1)[:n].cpu().float()
-    pairs = torch.stack([images, sketches], 1).flatten(0, 1)
-    scale = max(1, math.ceil(96 / pairs.shape[-1]))
-    pairs = pairs.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-    return make_grid(pairs, nrow=8, padding=2, pad_value=0.5)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -350,10 +339,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         metrics, (batch, outcome) = evaluate(
             sender, receiver, val_game, batches, device, loss=config.loss, amp=use_amp
         )
-        grid = sketch_grid(batch, outcome)
-        png = io.BytesIO()
-        save_image(grid, png, format="png")
-        write_atomic(out / "grids" / f"step{step:07d}.png", png.getvalue())
+        grid = sketch_grid(batch.sender_images.flatten(0, 1), outcome.sketches.flatten(0, 1))
+        write_png(out / "grids" / f"step{step:07d}.png", grid)
         writer.add_image("val/sketches", grid, step)
         for key in ("loss", "comm_rate", "class_rate"):
             writer.add_scalar(f"val/{key}", metrics[key], step)
