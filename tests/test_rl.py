@@ -205,10 +205,10 @@ class ClassCodeSender:
 
 
 def test_a_receiver_learns_to_read_a_fixed_sender_from_rewards_alone(tmp_path):
-    flags = ["--games", "15360", "--num-envs", "256", "--val-games", "512", "--eval-every", "15360"]
+    flags = ["--games", "5120", "--num-envs", "256", "--val-games", "512", "--eval-every", "5120"]
     config, _ = rl.resolve(tiny(tmp_path / "read", *flags))
     metrics = rl.train(config, sender=ClassCodeSender())
-    assert metrics["comm_rate"] > 0.4 and metrics["test_comm_rate"] > 0.4  # chance 1/12
+    assert metrics["comm_rate"] > 0.3 and metrics["test_comm_rate"] > 0.3  # chance 1/12
     payload = read_rl_checkpoint(tmp_path / "read")
     assert payload["config"]["sender_from"] is None and payload["seats"] == {}
 
@@ -251,3 +251,23 @@ def test_resume_of_something_else_is_refused(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"not readable|corrupt"):
         main(["--resume", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_both_agents_learn_the_oo_same_game_from_rewards_alone(tmp_path):
+    """The issue's target, at a fifth of its time: the default agents beat 50 % on shapes
+    (chance 8.3 %) within 60,000 games (about a minute on one core)."""
+    metrics = main(["--output", str(tmp_path / "run"), "--games", "60000"])
+    assert metrics["comm_rate"] >= 0.5 and metrics["test_comm_rate"] >= 0.5
+
+
+def test_evaluation_replays_the_same_games_and_keeps_the_first_rounds_pictures():
+    env = sketchenv.vector_env(4, copy=False, **GAME)  # buffers reused by every round
+    agents = make_agents(rl_config({"lines": 3}))
+    seats = {"sender_0": agents.sender, "receiver_0": agents.receiver}
+    rates, seen = rl.evaluate(env, seats, 12, seed=5)
+    assert rates == rl.evaluate(env, seats, 12, seed=5)[0]
+    first, _ = env.reset(seed=rl.round_seed(5, 0))
+    np.testing.assert_array_equal(seen["images"], first["sender_0"]["image"])
+    drawn, *_ = env.step({"sender_0": agents.sender(first["sender_0"])})
+    np.testing.assert_array_equal(seen["sketches"], drawn["receiver_0"]["sketch"])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from train.flags import run_command
 
-COMMANDS = ("selfplay", "pretrain", "evaluate", "analyse", "experiments", "play", "serve")
+COMMANDS = ("selfplay", "rl", "pretrain", "evaluate", "analyse", "experiments", "play", "serve")
 
 
 def _command(name: str) -> Callable[[], None]:
@@ -19,4 +19,4 @@ def _command(name: str) -> Callable[[], None]:
     return run
 
 
-selfplay, pretrain, evaluate, analyse, experiments, play, serve = map(_command, COMMANDS)
+selfplay, rl, pretrain, evaluate, analyse, experiments, play, serve = map(_command, COMMANDS)

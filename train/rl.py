@@ -124,7 +124,7 @@ def play_round(
     its policy's own (greedy) action."""
     observations, _ = env.reset(seed=seed)
     learnt: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    seen = {"images": observations[SENDER]["image"]}
+    seen = {"images": observations[SENDER]["image"].copy()}  # the env may reuse its buffers
     for agent in (SENDER, RECEIVER):
         policy = seats[agent]
         if generator is not None and learns(policy):
@@ -135,7 +135,7 @@ def play_round(
                 action = act(policy, observations[agent], agent)
         observations, rewards, _, _, infos = env.step({agent: action})
         if agent == SENDER:
-            seen["sketches"] = observations[RECEIVER]["sketch"]
+            seen["sketches"] = observations[RECEIVER]["sketch"].copy()
     return rewards[RECEIVER], infos[RECEIVER], learnt, seen
 
 
