@@ -83,3 +83,24 @@ def test_the_shipped_weights_carry_their_digest():
         path = WEIGHTS_DIR / f"{name}.pt"
         assert "sha256" in torch.load(path, weights_only=True), name
         load_torch(path)  # and it matches
+
+
+def test_a_checkpoint_whose_rename_fails_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    """save_checkpoint goes through the temporary file + rename: a failure at the rename
+    (a full disk, a kill) leaves the previous ``last.pt`` whole, not half-overwritten."""
+    from agents.checkpoint import read_checkpoint, save_checkpoint
+
+    def payload(step: int) -> dict:
+        parts = {k: {} for k in ("config", "game", "sender", "receiver")}
+        return {**parts, "progress": {"step": step}}
+
+    def fail(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    save_checkpoint(tmp_path / "last.pt", payload(1))
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="cannot write"):
+        save_checkpoint(tmp_path / "last.pt", payload(2))
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path, which="last")["progress"] == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -1,5 +1,6 @@
 """The batched game core: variant rules, epochs, determinism, rendering, scoring, errors."""
 
+import math
 import pickle
 
 import pytest
@@ -338,3 +339,21 @@ def test_datasets_with_a_batch_path_are_read_through_it():
     b = SketchGame(ToyImages(), "oo-different", seed=2).sample(3)
     assert batched.batch_calls == 2  # candidates, then the other images of their classes
     assert torch.equal(a.candidates, b.candidates) and torch.equal(a.sender_images, b.sender_images)
+
+
+@pytest.mark.parametrize("name", GAMES)
+def test_every_candidate_slot_is_the_target_equally_often(name):
+    """The env's games (``sample_game``) put the target in every slot with the same
+    probability: 2,000 games with 10 (original) or 5 candidates, each slot's count within
+    4.5 binomial standard deviations of its expectation (a uniform sampler fails this
+    with probability below 1e-4; a sampler that never uses one slot fails it always)."""
+    game = make(name, dataset=ToyImages(n=60, n_classes=5))
+    generator = torch.Generator().manual_seed(0)
+    n, c = 2000, game.n_candidates
+    targets = torch.cat([game.sample_game_ids(generator)[2].flatten() for _ in range(n)])
+    counts = torch.bincount(targets, minlength=c).double()
+    expected, sd = n / c, math.sqrt(n * (1 / c) * (1 - 1 / c))
+    assert ((counts - expected).abs() < 4.5 * sd).all(), counts.tolist()
+    # and in the blocks of training, every slot is the target of exactly one game
+    _, _, block_targets = game.sample_ids(4, generator)
+    assert torch.equal(block_targets, torch.arange(c).repeat(4, 1))

@@ -318,3 +318,24 @@ def test_double_backward_is_refused():
     strokes = random_strokes(1, 2, seed=11).requires_grad_()
     with pytest.raises(RuntimeError, match="first-order gradients only"):
         torch.autograd.grad(render_strokes(strokes, 8).sum(), strokes, create_graph=True)
+
+
+@pytest.mark.slow
+def test_peak_memory_grows_with_sketches_times_pixels_not_strokes(backend):
+    """The README's memory claim, measured as benchmarks/raster.py does (resident-set rise
+    of one forward + backward in a fresh process, which inherits the backend): the kernel
+    needs a few floats per sketch pixel (measured 4), the same for 20 or 80 strokes and
+    twice as much for twice the sketches; the PyTorch path, chunked, stays below one dense
+    sketches x strokes x pixels tensor (the naive reference keeps several)."""
+    from benchmarks.raster import measure
+
+    def peak(sketches: int, strokes: int) -> float:
+        return measure("ours", sketches, strokes, 96, repeats=1, threads=1)["peak_mib"]
+
+    per_sketch_pixel = 100 * 96 * 96 * 4 / 2**20  # MiB of one float per pixel of 100 sketches
+    if backend == "kernel":
+        few, many, more = peak(100, 20), peak(100, 80), peak(200, 20)
+        assert few < 8 * per_sketch_pixel and many < 1.2 * few + 1
+        assert 1.6 * few < more < 2.4 * few + 1
+    else:
+        assert peak(100, 80) < 80 * per_sketch_pixel  # one float per (sketch, stroke, pixel)

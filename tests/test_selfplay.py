@@ -269,3 +269,99 @@ def test_default_oo_different_run_communicates_by_class(tmp_path):
     results = evaluate.main([str(tmp_path / "run"), "--output", str(tmp_path / "eval")])
     assert results["comm_rate"] >= 0.8
     assert results["recognisability"] > results["recognisability_chance"]
+
+
+def trainer_view(folder, out, monkeypatch, *flags: str) -> dict:
+    """What the trainer was handed in a 2-step run with ``flags``: the game's settings,
+    the loss options, the optimiser's learning rate at each step and its decay, the
+    agents' structure and the first batch's games."""
+    seen: dict = {"lr": []}
+    real = selfplay.train_step
+
+    def recording(sender, receiver, game, batch, optimizer, **kwargs):
+        seen["lr"].append(round(optimizer.param_groups[0]["lr"], 12))
+        if "game" not in seen:
+            net = kwargs["perceptual_net"]
+            params = [p for m in (sender, receiver) for p in m.parameters()]
+            seen.update(
+                game=(game.game, game.n_candidates, game.n_lines, game.sigma2, game.invert,
+                      game.image_size),
+                loss=(kwargs["loss"], kwargs["perceptual_coef"],
+                      tuple(kwargs["perceptual_weights"] or ()),
+                      type(net).__name__ if net is not None else None),
+                grad_clip=kwargs["grad_clip"],
+                decay=optimizer.param_groups[0]["weight_decay"],
+                trainable=sum(p.numel() for p in kwargs["params"]),
+                shared=sender.encoder is receiver.encoder,
+                parameters=sum(p.numel() for p in {id(p): p for p in params}.values()),
+                score=(receiver.score_kind, None if receiver.log_scale is None
+                       else round(receiver.log_scale.exp().item(), 6)),
+                blocks=batch.candidate_ids.shape[0],
+                first_games=batch.candidate_ids.tolist(),
+            )  # fmt: skip
+        return real(sender, receiver, game, batch, optimizer, **kwargs)
+
+    monkeypatch.setattr(selfplay, "train_step", recording)
+    selfplay.main(tiny_args(folder, out, "--max-steps", "2", *flags))
+    monkeypatch.setattr(selfplay, "train_step", real)
+    return seen
+
+
+# Each training flag of train.selfplay, and what it must change in the trainer's hands.
+FLAG_EFFECTS = [
+    # (games of another layout also change the first batch and, through the number of
+    # steps per epoch, the cosine schedule's learning rate at step 2)
+    (["--game", "oo-same", "--n-distractors", "2"], ["game", "first_games", "lr"]),
+    (["--n-distractors", "2"], ["game", "first_games", "lr"]),
+    (["--lines", "6"], ["game", "parameters", "trainable"]),
+    (["--sigma2", "1e-3"], ["game"]),
+    (["--no-invert"], ["game"]),
+    (["--image-size", "12"], ["game"]),  # 16 and 12 px both end in a 1 x 1 map
+    (["--backbone-width", "8"], ["parameters", "trainable"]),
+    (["--freeze-backbone"], ["trainable"]),
+    (["--separate-encoders"], ["shared", "parameters", "trainable"]),
+    (["--latent-size", "16"], ["parameters", "trainable"]),
+    (["--sender-hidden", "8"], ["parameters", "trainable"]),
+    (["--receiver-hidden", "8"], ["parameters", "trainable"]),
+    (["--receiver-out", "8"], ["parameters", "trainable"]),
+    (["--score", "dot"], ["score", "parameters", "trainable"]),  # no learnable scale
+    (["--score-scale", "5"], ["score"]),
+    (["--loss", "ce"], ["loss"]),
+    (["--perceptual-coef", "1"], ["loss"]),
+    (["--perceptual-coef", "1", "--perceptual-net", "edges"], ["loss"]),
+    (["--perceptual-coef", "1", "--perceptual-weights", "1", "1", "1", "1"], ["loss"]),
+    (["--batch-size", "4"], ["blocks", "first_games", "lr"]),
+    (["--lr", "3e-3"], ["lr"]),
+    (["--warmup-steps", "1"], ["lr"]),
+    (["--lr-schedule", "constant", "--warmup-steps", "0"], ["lr"]),
+    (["--epochs", "5", "--warmup-steps", "0"], ["lr"]),
+    (["--weight-decay", "0.1"], ["decay"]),
+    (["--grad-clip", "0.5"], ["grad_clip"]),
+    (["--seed", "3"], ["first_games"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "changed"), FLAG_EFFECTS, ids=lambda v: " ".join(v))
+def test_each_training_flag_changes_what_the_trainer_does(
+    folder, tmp_path, monkeypatch, flags, changed
+):
+    base = trainer_view(folder, tmp_path / "base", monkeypatch)
+    if "--lr-schedule" in flags or "--epochs" in flags:  # compare with no warm-up either
+        base = trainer_view(folder, tmp_path / "base0", monkeypatch, "--warmup-steps", "0")
+    view = trainer_view(folder, tmp_path / "run", monkeypatch, *flags)
+    differs = sorted(k for k in base if base[k] != view[k])
+    assert differs == sorted(changed), differs
+
+
+def test_learning_rate_schedule_and_default_stroke_width_by_hand():
+    from agents.config import default_sigma2
+    from agents.runs import lr_factor
+
+    # warm-up of 4 steps: (step + 1) / 4, then cosine over 10 steps: (1 + cos(pi s / 10)) / 2
+    assert [lr_factor(s, 4, 10, "constant") for s in (0, 1, 3, 9)] == [0.25, 0.5, 1.0, 1.0]
+    cosine = [lr_factor(s, 4, 10, "cosine") for s in (0, 3, 5, 10, 12)]
+    assert cosine == pytest.approx([0.25, 0.7938926, 0.5, 0.0, 0.0], abs=1e-6)
+    assert lr_factor(0, 0, 10, "constant") == 1.0 and lr_factor(5, 0, 0, "cosine") == 1.0
+    # the paper's 5e-4 at 96 px, kept in pixels: x (96 / size)^2
+    widths = [default_sigma2(s) for s in (96, 32, 64, 192)]
+    assert widths == pytest.approx([5e-4, 4.5e-3, 1.125e-3, 1.25e-4], rel=1e-12)
