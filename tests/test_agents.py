@@ -91,6 +91,35 @@ def test_perceptual_loss_trains_sketches_not_the_backbone():
         perceptual_loss(backbone, images, sketches, [1.0, 1.0])
 
 
+def test_perceptual_distance_per_image_normalises_over_channels_only():
+    """Two images, feature maps of 2 channels at 2 x 3 positions: each position is
+    unit-normalised over channels alone, and every image keeps its own distance."""
+    a = torch.zeros(2, 2, 2, 3)
+    b = torch.zeros(2, 2, 2, 3)
+    a[:, 0], b[:, 1] = 2.0, 3.0  # image 0 and 1: orthogonal unit vectors everywhere: 2
+    b[1, 1, 0, :], b[1, 0, 0, :] = 0.0, 5.0  # image 1, first row: identical directions: 0
+    value = perceptual_distance([a], [b], [3.0])
+    assert value.tolist() == pytest.approx([3.0 * 2.0, 3.0 * (2.0 * 3 / 6)])
+    with pytest.raises(ValueError, match="one weight per pair of feature maps"):
+        perceptual_distance([a], [b], [1.0, 2.0])
+
+
+def test_perceptual_loss_uses_a_networks_reference_and_distance():
+    """A loss network may compare sketches with ``reference(images)`` and measure with its
+    own ``distance`` (the drawing network does both); all-zero weights give a zero scalar."""
+    backbone = make_backbone("small", width=4)
+    images, sketches = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    plain = perceptual_loss(backbone, 1 - images, sketches, [1.0] * 5).item()
+    backbone.reference = lambda x: 1 - x  # compare the sketches with the inverted images
+    assert perceptual_loss(backbone, images, sketches, [1.0] * 5).item() == pytest.approx(plain)
+    weights_seen = []
+    backbone.distance = lambda a, b, w: weights_seen.append(w) or torch.full((2,), 7.0)
+    assert perceptual_loss(backbone, images, sketches, [0.0, 1.0, 0.0, 2.0, 3.0]).item() == 7.0
+    assert weights_seen == [(1.0, 2.0, 3.0)]  # the taps weighted 0 are skipped
+    zero = perceptual_loss(backbone, images, sketches, [0.0] * 5)
+    assert zero.shape == () and zero.item() == 0.0
+
+
 # ----- backbones and weights -----------------------------------------------------------
 
 
