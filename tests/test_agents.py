@@ -56,6 +56,7 @@ def test_hinge_and_cross_entropy_match_hand_computed_values():
     targets = torch.tensor([[0, 1]])
     # game 0: (max(0, 1 - 1 + 2) + max(0, 1 - 1 + 0.5)) / 3; game 1: (max(0, 1-3+0) + 0) / 3
     assert game_loss(scores, targets, "hinge").item() == pytest.approx((2.5 / 3 + 0.0) / 2)
+    assert game_loss(scores, targets).item() == game_loss(scores, targets, "hinge").item()
     ce0 = -1.0 + math.log(math.exp(1) + math.exp(2) + math.exp(0.5))
     ce1 = -3.0 + math.log(math.exp(0) + math.exp(3) + math.exp(-1))
     assert game_loss(scores, targets, "ce").item() == pytest.approx((ce0 + ce1) / 2)
@@ -100,7 +101,9 @@ def test_perceptual_distance_per_image_normalises_over_channels_only():
     b[1, 1, 0, :], b[1, 0, 0, :] = 0.0, 5.0  # image 1, first row: identical directions: 0
     value = perceptual_distance([a], [b], [3.0])
     assert value.tolist() == pytest.approx([3.0 * 2.0, 3.0 * (2.0 * 3 / 6)])
-    with pytest.raises(ValueError, match="one weight per pair of feature maps"):
+    with pytest.raises(
+        ValueError, match=r"^perceptual_distance needs one weight per pair of feature maps$"
+    ):
         perceptual_distance([a], [b], [1.0, 2.0])
 
 
