@@ -160,7 +160,10 @@ class FrozenFeatures:
             batch[: len(rows)] = torch.from_numpy(flat[rows])
             with torch.no_grad():
                 features = self.backbone(to_images(batch, self.device)).flatten(1).cpu()
-            self._store.update((keys[i], row) for i, row in zip(rows, features, strict=False))
+            # rows copied out, so a chunk that was mostly padding is not kept alive by one
+            self._store.update(
+                (keys[i], row.clone()) for i, row in zip(rows, features, strict=False)
+            )
         out = torch.stack([self._store[key] for key in keys]).to(self.device)
         return out.view(*images.shape[:-3], -1)
 
