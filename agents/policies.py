@@ -136,9 +136,7 @@ class AgentPolicy:
     def choose(self, observation: Mapping[str, Any]) -> int:
         """The index of the candidate the receiver scores highest for the sketch."""
         sketch = self._image(observation, "sketch", "receiver")
-        n_candidates = sum(1 for key in observation if str(key).startswith("candidate_"))
-        if n_candidates == 0:
-            raise ValueError("receiver observation has no candidate_0, candidate_1, ... images")
+        n_candidates = len(candidate_images(observation))
         problem = self._candidate_problem(n_candidates)
         if problem:
             raise ValueError(problem)
@@ -289,6 +287,14 @@ class AgentPolicy:
     def _blank_strokes(self) -> np.ndarray:
         """The idle sender's placeholder (the env ignores it); shaped like a real action."""
         return np.zeros((self.n_lines or 1, 4), np.float32)
+
+
+def candidate_images(observation: Mapping[str, Any]) -> list[np.ndarray]:
+    """``candidate_0, candidate_1, ...`` of a receiver observation, in order."""
+    n = sum(1 for key in observation if str(key).startswith("candidate_"))
+    if n == 0:
+        raise ValueError("receiver observation has no candidate_0, candidate_1, ... images")
+    return [np.asarray(observation[f"candidate_{i}"]) for i in range(n)]
 
 
 def _size(size: tuple[int, int]) -> str:

@@ -43,6 +43,7 @@ from agents.backbones import Backbone, default_weights, make_backbone, small_fea
 from agents.config import dataclass_from_mapping, option
 from agents.files import CorruptFileError, load_torch
 from agents.models import mlp
+from agents.policies import AgentPolicy, candidate_images
 from agents.runs import THREADS, THREADS_HELP
 from sketchenv.env import RECEIVER, SENDER
 from sketchenv.game import GAMES
@@ -273,14 +274,6 @@ class ChoicePolicy(nn.Module):
         return int(choices[0]) if single else choices
 
 
-def candidate_images(observation: Mapping[str, Any]) -> list[np.ndarray]:
-    """``candidate_0, candidate_1, ...`` of a receiver observation, in order."""
-    n = sum(1 for key in observation if str(key).startswith("candidate_"))
-    if n == 0:
-        raise ValueError("receiver observation has no candidate_0, candidate_1, ... images")
-    return [np.asarray(observation[f"candidate_{i}"]) for i in range(n)]
-
-
 def act(policy: Any, observation: Mapping[str, Any], agent: str) -> np.ndarray:
     """Any ``policy(observation, agent)`` on a vector env's batched ``observation``: one
     call when the policy says ``batched = True``, otherwise one call per game."""
@@ -365,8 +358,6 @@ def load_policy(path: str | Path, agent: str, config: RLConfig, device: torch.de
     try:
         payload = read_rl_checkpoint(path)
     except NotAnRLRun:
-        from agents.policies import AgentPolicy  # the self-play run's own loader
-
         return AgentPolicy.from_checkpoint(path, device=device, strict=False)
     saved = rl_config(payload["config"])
     for key in ("image_size", "lines"):

@@ -101,9 +101,9 @@ def stop_reason_now(
     interrupted: dict, config: Any, step: int, start_time: float, after_step: bool = True
 ) -> str | None:
     """Why a training loop must stop now, if it must: a signal (``stop_on_signal``'s
-    flag), ``config.max_steps`` reached (when the config has one), or ``config.time_budget`` seconds since
-    ``start_time`` (``time.monotonic()``) spent; the budget is checked only
-    ``after_step``, so every run makes at least one step."""
+    flag), ``config.max_steps`` reached (when the config has one), or
+    ``config.time_budget`` seconds since ``start_time`` (``time.monotonic()``) spent; the
+    budget is checked only ``after_step``, so every run makes at least one step."""
     if interrupted["signal"]:
         return interrupted["signal"]
     max_steps = getattr(config, "max_steps", None)
