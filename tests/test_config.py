@@ -84,7 +84,7 @@ def test_keys_may_be_spelt_with_dashes_and_replace_checks_the_result():
     assert config.to_dict() == {**dataclasses.asdict(SelfPlayConfig()), "n_distractors": 3,
                                 "batch_size": 7, "sender_hidden": [8]}  # fmt: skip
     assert config.replace(lines=5).lines == 5 and config.lines == 20
-    with pytest.raises(ValueError, match="^lines must be >= 1$"):
+    with pytest.raises(ValueError, match=r"^lines must be >= 1$"):
         config.replace(lines=0)
 
 
