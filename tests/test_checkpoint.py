@@ -203,3 +203,11 @@ def test_a_runs_games_use_its_settings_on_another_split_or_variant(run_dir):
         run.make_game("val").cache.images(torch.arange(4)), test.cache.images(torch.arange(4))
     )
     assert run.make_game("val", game="oo-same").game == "oo-same"
+
+
+def test_a_checkpoint_without_progress_or_metrics_loads_with_empty_ones(run_dir, tmp_path):
+    payload = load_torch(run_dir / "last.pt")
+    del payload["progress"], payload["metrics"]
+    save_checkpoint(tmp_path / "bare.pt", payload)
+    run = load_run(tmp_path / "bare.pt")
+    assert (run.progress, run.metrics) == ({}, {})

@@ -248,3 +248,79 @@ def test_make_agents_builds_what_the_config_describes():
     assert [m.out_features for m in receiver.head if hasattr(m, "out_features")] == [6, 12]
     assert receiver.score_kind == "dot" and receiver.encoder is not sender.encoder
     assert not any(p.requires_grad for p in sender.encoder.backbone.parameters())
+
+
+def test_a_type_without_a_plain_name_is_described_by_its_class_name():
+    @dataclasses.dataclass
+    class Raw:
+        data: bytes = b""
+
+    with pytest.raises(ValueError) as refused:
+        dataclass_from_mapping(Raw, {"data": "text"})
+    assert str(refused.value) == "config key 'data' must be a bytes, got 'text' (str)"
+
+
+def test_the_default_split_is_train(tmp_path):
+    config = config_from_dict({})
+    assert make_split(config)[0][0].equal(make_split(config, "train")[0][0])
+    assert make_game(config).sample_ids(3)[1].equal(make_game(config, "train").sample_ids(3)[1])
+    assert len(make_game(config).labels) != len(make_game(config, "val").labels)
+
+
+class Photos:
+    """A dataset with no ``image_size`` attribute, of 16 x 24 images (as a user's own)."""
+
+    classes = ["a", "b"]
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int):
+        import torch
+
+        return torch.full((3, 16, 24), index / 8), index % 2
+
+
+def test_photos_that_are_not_square_keep_their_size_and_stroke_width_of_the_short_side(
+    monkeypatch,
+):
+    import agents.experiment as experiment
+
+    monkeypatch.setattr(experiment, "make_dataset", lambda *args, **kwargs: Photos())
+    config = config_from_dict({"backbone": "vgg16", "n_distractors": 1})
+    game = make_game(config)
+    assert game.image_size == (16, 24) and game.sigma2 == pytest.approx(5e-4 * 36)
+    filled = fill_defaults(config, game)
+    assert (filled.image_size, filled.weights, filled.freeze_backbone) == (None, "imagenet", True)
+
+
+def test_the_data_root_and_download_flags_reach_the_dataset(tmp_path, monkeypatch):
+    from fakedata import write_cifar10
+
+    import sketchenv.datasets.cifar10 as cifar10
+
+    write_cifar10(tmp_path / "here")
+    config = config_from_dict({"dataset": "cifar10", "data_root": str(tmp_path / "here")})
+    count = len(make_split(config, "val"))
+    fetched = []
+
+    def download(url, download_root, **kwargs):  # what torchvision would fetch
+        fetched.append(url)
+        write_cifar10(tmp_path / "empty")
+
+    monkeypatch.setattr(cifar10, "download_and_extract_archive", download)
+    config = config.replace(data_root=str(tmp_path / "empty"), download=True)
+    assert len(make_split(config, "val")) == count and len(fetched) == 1
+
+
+def test_make_agents_reads_the_pretrained_weights_unless_told_not_to(tmp_path):
+    from agents.backbones import read_weights
+
+    config = config_from_dict({"weights": "shapes-supervised-32", "lines": 2})
+    shipped, _ = read_weights("shapes-supervised-32")
+    sender, _ = make_agents(config, (32, 32))
+    state = sender.encoder.backbone.features.state_dict()
+    assert all(state[k].equal(v) for k, v in shipped.items())
+    blank, _ = make_agents(config, (32, 32), load_weights=False)
+    state = blank.encoder.backbone.features.state_dict()
+    assert not all(state[k].equal(v) for k, v in shipped.items())

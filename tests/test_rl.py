@@ -205,7 +205,7 @@ class ClassCodeSender:
 
 
 def test_a_receiver_learns_to_read_a_fixed_sender_from_rewards_alone(tmp_path):
-    flags = ["--games", "5120", "--num-envs", "256", "--val-games", "512", "--eval-every", "5120"]
+    flags = ["--games", "2048", "--num-envs", "128", "--val-games", "256", "--eval-every", "2048"]
     config, _ = rl.resolve(tiny(tmp_path / "read", *flags))
     metrics = rl.train(config, sender=ClassCodeSender())
     assert metrics["comm_rate"] > 0.3 and metrics["test_comm_rate"] > 0.3  # chance 1/12
