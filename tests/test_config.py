@@ -270,7 +270,7 @@ def test_the_default_split_is_train(tmp_path):
 class Photos:
     """A dataset with no ``image_size`` attribute, of 16 x 24 images (as a user's own)."""
 
-    classes = ["a", "b"]
+    classes = ("a", "b")
 
     def __len__(self) -> int:
         return 8
