@@ -324,3 +324,16 @@ def test_make_agents_reads_the_pretrained_weights_unless_told_not_to(tmp_path):
     blank, _ = make_agents(config, (32, 32), load_weights=False)
     state = blank.encoder.backbone.features.state_dict()
     assert not all(state[k].equal(v) for k, v in shipped.items())
+
+
+def test_make_agents_passes_the_backbone_score_and_its_scale():
+    import torch
+
+    config = config_from_dict({"score": "cosine", "score_scale": 5.0, "lines": 2})
+    _, receiver = make_agents(config, (32, 32), load_weights=False)
+    assert receiver.score_kind == "cosine"
+    assert receiver.log_scale.item() == pytest.approx(math.log(5.0))
+    vgg = config_from_dict({"backbone": "vgg16", "weights": "none", "lines": 2})
+    sender, _ = make_agents(vgg, (32, 32))
+    assert sender.encoder.backbone.name == "vgg16"
+    assert sender(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 4)
