@@ -339,3 +339,261 @@ def test_peak_memory_grows_with_sketches_times_pixels_not_strokes(backend):
         assert 1.6 * few < more < 2.4 * few + 1
     else:
         assert peak(100, 80) < 80 * per_sketch_pixel  # one float per (sketch, stroke, pixel)
+
+
+# ----- exact messages, boundaries and the paths chosen (found by mutation testing) -------
+
+
+def test_input_messages_are_exact():
+    def message(error, *args, **kwargs):
+        with pytest.raises(error) as caught:
+            render_strokes(*args, **kwargs)
+        return str(caught.value)
+
+    strokes = torch.zeros(1, 4)
+    assert message(TypeError, [[0.0, 0.0, 1.0, 1.0]], 8) == (
+        "strokes must be a torch.Tensor of shape [..., n_strokes, 4], got list"
+    )
+    assert message(ValueError, torch.zeros(1, 4, device="meta"), 8) == (
+        "strokes are on the meta device, which holds no values: make them on cpu or cuda"
+    )
+    assert message(TypeError, torch.zeros(1, 4, dtype=torch.int32), 8) == (
+        "strokes must be a floating-point tensor, got dtype torch.int32; "
+        "convert with strokes.float()"
+    )
+    assert message(ValueError, torch.tensor([[0.0, float("nan"), 0.0, 0.0]]), 8) == (
+        "strokes contain NaN or infinite coordinates"
+    )
+    assert message(ValueError, torch.tensor([[0.0, 0.0, 2e6, 0.0]]), 8) == (
+        "stroke coordinates must lie within ±1e+06 (the canvas is [-1, 1]), got 2e+06"
+    )
+    assert message(TypeError, strokes, 8, sigma2="big") == "sigma2 must be a real number, got str"
+    assert message(TypeError, strokes, 8, invert=1) == "invert must be a bool, got int"
+    for size in [(2.5, 3), (True, 3)]:
+        assert message(TypeError, strokes, size) == (
+            f"image_size must be an int or a pair of ints (H, W), got {size!r}"
+        )
+    assert message(ValueError, strokes, (8, 1)) == (
+        "image_size must be at least 2 pixels on each side, got (8, 1)"
+    )
+
+
+def test_smallest_canvas_and_largest_coordinates_are_accepted():
+    assert render_strokes(torch.zeros(1, 4), 2).shape == (2, 2)
+    assert render_strokes(torch.zeros(1, 4), (2, 3)).shape == (2, 3)
+    far = torch.tensor([[-1e6, 0.0, 1e6, 0.0]])  # exactly the limit: a line across the canvas
+    assert render_strokes(far, 9, invert=False)[4].min() > 0.99
+
+
+def test_to_rgb_of_one_sketch_and_its_messages():
+    sketch = torch.rand(5, 7)
+    rgb = to_rgb(sketch)
+    assert rgb.shape == (3, 5, 7) and all(torch.equal(c, sketch) for c in rgb)
+    with pytest.raises(TypeError) as err:
+        to_rgb([[0.0]])
+    assert str(err.value) == "sketch must be a torch.Tensor, got list"
+    with pytest.raises(ValueError) as err:
+        to_rgb(torch.zeros(5))
+    assert str(err.value) == "sketch must have shape [..., H, W], got (5,)"
+
+
+def test_double_backward_message_is_exact():
+    strokes = random_strokes(1, 2, seed=11).requires_grad_()
+    with pytest.raises(RuntimeError) as err:
+        torch.autograd.grad(render_strokes(strokes, 8).sum(), strokes, create_graph=True)
+    assert str(err.value) == (
+        "render_strokes has first-order gradients only; double backward "
+        "(create_graph=True, e.g. gradient penalties) is not supported"
+    )
+
+
+@pytest.mark.parametrize(("kernel", "composite"), MODES)
+def test_uninverted_gradient_is_minus_the_inverted_one(kernel, composite):
+    strokes = random_strokes(2, 3, seed=12)
+    weights = torch.rand(2, 10, 9, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for invert in (True, False):
+        leaf = strokes.clone().requires_grad_()
+        sketch = render_strokes(leaf, (10, 9), kernel=kernel, composite=composite, invert=invert)
+        grads.append(torch.autograd.grad((sketch * weights).sum(), leaf)[0])
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], -grads[0])
+
+
+def test_half_and_single_precision_are_computed_in_float32_on_the_chosen_path(backend, monkeypatch):
+    from sketchenv import raster
+
+    seen = []
+    apply = raster._Raster.apply
+
+    def recording_apply(strokes, spec, invert, use_kernel):
+        seen.append((strokes.dtype, spec[0].dtype, use_kernel))
+        return apply(strokes, spec, invert, use_kernel)
+
+    monkeypatch.setattr(raster._Raster, "apply", recording_apply)
+    strokes = random_strokes(2, 3, seed=13)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        render_strokes(strokes.to(dtype), 8)
+    single = torch.float32
+    kernel = backend == "kernel"
+    assert seen == [(single, single, kernel)] * 3 + [(torch.float64, torch.float64, kernel)]
+
+
+def test_the_path_follows_sketchenv_raster_and_is_logged_once(backend, monkeypatch, caplog):
+    from sketchenv import raster
+
+    if backend == "torch":
+        pytest.skip("needs the compiled kernel")
+    monkeypatch.setattr(raster, "_logged", set())
+    monkeypatch.delenv("SKETCHENV_RASTER")  # unset means auto
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    with caplog.at_level(logging.INFO, logger="sketchenv.raster"):
+        assert raster._use_cpu_kernel(cpu) is True
+        assert raster._use_cpu_kernel(cpu) is True
+        assert raster._use_cpu_kernel(meta) is False  # any other device: the PyTorch path
+        monkeypatch.setenv("SKETCHENV_RASTER", "torch")
+        assert raster._use_cpu_kernel(cpu) is False
+        monkeypatch.setenv("SKETCHENV_RASTER", "kernel")
+        assert raster._use_cpu_kernel(meta) is False
+    assert [r.getMessage() for r in caplog.records if r.name == "sketchenv.raster"] == [
+        "rasterising on cpu with the compiled C++ CPU kernel",
+        "rasterising on meta with the chunked PyTorch path",
+        "rasterising on cpu with the chunked PyTorch path",
+    ]
+
+
+def test_cutoff_distance_by_hand_and_the_pixel_grid_on_the_strokes_device():
+    from sketchenv.raster import _cutoff_d2, _spec
+
+    # exp: exp(-z) = eps/4, so z = log(4/eps); sigmoid: 2 sigmoid(-z) = eps/4, so
+    # 1 + e^z = 8/eps, z = log(8/eps - 1). float32 eps = 2^-23, float64 eps = 2^-52.
+    for dtype, eps in ((torch.float32, 2.0**-23), (torch.float64, 2.0**-52)):
+        exp_z, sigmoid_z = math.log(4 / eps), math.log(8 / eps - 1)
+        assert _cutoff_d2(0.01, "exp", dtype) == pytest.approx(0.01 * exp_z, rel=1e-12)
+        assert _cutoff_d2(0.01, "sigmoid", dtype) == pytest.approx(0.01 * sigmoid_z, rel=1e-12)
+    assert _cutoff_d2(5e-4, "exp", torch.float32) == pytest.approx(5e-4 * 17.3287, rel=1e-5)
+    meta = torch.device("meta")
+    px, py, sigma2, cutoff, kernel, composite, inv_t = _spec(3, 5, 0.01, "exp", "over",
+                                                             torch.float64, meta)  # fmt: skip
+    assert (px.shape, py.shape, px.device, py.device) == ((5,), (3,), meta, meta)
+    assert px.dtype == py.dtype == torch.float64
+    assert (sigma2, kernel, composite, inv_t) == (0.01, "exp", "softor", 1 / MAX_TEMPERATURE)
+    assert cutoff == pytest.approx(0.01 * math.log(4 / 2.0**-52), rel=1e-12)
+    assert _spec(3, 5, 0.01, "sigmoid", "max", torch.float32, meta)[3:6] == (
+        pytest.approx(0.01 * math.log(8 / 2.0**-23 - 1), rel=1e-12),
+        "sigmoid",
+        "max",
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_sketches", "n_strokes", "n_pixels", "device", "bound"),
+    [
+        (7, 20, 96 * 96, "cpu", 1 << 20),
+        (3, 20, 512 * 512, "cpu", 1 << 20),  # 4 strokes per chunk, one sketch
+        (5, 3, 1 << 21, "cpu", 1 << 21),  # one stroke is already more than the bound
+        (300, 1, 16, "cpu", 1 << 20),
+        (9, 50, 64 * 64, "cuda", 1 << 22),
+        (9, 50, 256 * 256, "meta", 1 << 22),  # a device without its own size
+        (4, 0, 64, "cpu", 1 << 20),
+    ],
+)
+def test_dense_chunks_tile_all_work_once_within_their_bound(
+    n_sketches, n_strokes, n_pixels, device, bound
+):
+    from sketchenv.raster import _chunks
+
+    covered = torch.zeros(n_sketches, n_strokes, dtype=torch.int64)
+    largest = 0
+    for sk, st in _chunks(n_sketches, n_strokes, n_pixels, torch.device(device)):
+        block = covered[sk, st]
+        assert block.numel() > 0 or n_strokes == 0
+        block += 1
+        largest = max(largest, block.numel() * n_pixels)
+    assert torch.equal(covered, torch.ones_like(covered))
+    assert largest <= bound
+    # and not cut much finer than it must be: at least half the bound, or all the work
+    assert largest >= min(bound // 2, n_sketches * n_strokes * n_pixels)
+
+
+def test_dense_path_gives_the_same_sketch_and_gradient_in_one_stroke_chunks(backend, monkeypatch):
+    from sketchenv import raster
+
+    if backend == "kernel":
+        pytest.skip("exercises the dense PyTorch path")
+    strokes = random_strokes(3, 5, seed=14)
+    weights = torch.rand(3, 11, 9, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for name, elements in (("whole", 1 << 20), ("per stroke", 11 * 9)):
+        monkeypatch.setitem(raster._CHUNK_ELEMENTS, "cpu", elements)
+        for composite in ("softor", "max"):
+            leaf = strokes.clone().requires_grad_()
+            sketch = render_strokes(leaf, (11, 9), composite=composite)
+            grad = torch.autograd.grad((sketch * weights).sum(), leaf)[0]
+            results[name, composite] = sketch, grad
+    for composite in ("softor", "max"):
+        for whole, split in zip(
+            results["whole", composite], results["per stroke", composite], strict=True
+        ):
+            torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+
+
+def faulty_kernel(monkeypatch, out_error=None, grad_error=None):
+    """Make the compiled kernel's results wrong: ``out_error(strokes, spec, out)`` and
+    ``grad_error(strokes, spec, grad)`` return what the kernel should have returned instead."""
+    forward, backward = _raster_cpu.forward, _raster_cpu.backward
+
+    def wrong_forward(library, strokes, spec, invert):
+        out, acc_a, acc_b = forward(library, strokes, spec, invert)
+        return (out_error or (lambda *a: a[2]))(strokes, spec, out), acc_a, acc_b
+
+    def wrong_backward(library, strokes, spec, *rest):
+        grad = backward(library, strokes, spec, *rest)
+        return (grad_error or (lambda *a: a[2]))(strokes, spec, grad)
+
+    monkeypatch.setattr(_raster_cpu, "forward", wrong_forward)
+    monkeypatch.setattr(_raster_cpu, "backward", wrong_backward)
+
+
+def has_dot(strokes):
+    return bool((strokes[..., :2] == strokes[..., 2:]).all(-1).any())
+
+
+SELF_TEST_FAULTS = {  # name: (out_error, grad_error, the self-test's verdict)
+    "ink off by 1e-3": (lambda s, spec, x: x + 1e-3, None, "exp, softor, torch.float32"),
+    "gradient off by 0.1 %": (None, lambda s, spec, g: g * 1.001, "exp, softor, torch.float32"),
+    "float64 ink off by 1e-8": (
+        lambda s, spec, x: x + 1e-8 if x.dtype == torch.float64 else x,
+        None,
+        "exp, softor, torch.float64",
+    ),
+    "smooth max wrong": (
+        lambda s, spec, x: x + 1e-3 * (spec[5] == "max"),
+        None,
+        "exp, max, torch.float32",
+    ),
+    "dots wrong": (lambda s, spec, x: x + 1e-3 * has_dot(s), None, "exp, softor, torch.float32"),
+    "ink and gradient within float32 rounding (1.5e-4 relative)": (
+        lambda s, spec, x: x * (1 + 1.5e-4 if x.dtype == torch.float32 else 1 + 1.5e-10),
+        lambda s, spec, g: g * (1 + 1.5e-4 if g.dtype == torch.float32 else 1 + 1.5e-10),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(SELF_TEST_FAULTS))
+def test_kernel_self_test_refuses_a_wrong_kernel_and_passes_a_right_one(
+    backend, monkeypatch, fault
+):
+    from sketchenv import raster
+
+    if backend == "torch":
+        pytest.skip("needs the compiled kernel")
+    out_error, grad_error, verdict = SELF_TEST_FAULTS[fault]
+    faulty_kernel(monkeypatch, out_error, grad_error)
+    monkeypatch.setattr(raster, "_self_test", [])
+    expected = verdict and f"compiled CPU kernel disagrees with PyTorch ({verdict})"
+    assert raster._kernel_self_test_failure() == expected
+    assert raster._self_test == [expected]  # once per process
+    monkeypatch.setenv("SKETCHENV_RASTER", "auto")
+    assert raster._use_cpu_kernel(torch.device("cpu")) is (expected is None)
