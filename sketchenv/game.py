@@ -333,7 +333,7 @@ class SketchGame:
             if short:
                 names = getattr(self.dataset, "classes", None) or list(range(self.n_classes))
                 listed = ", ".join(str(names[c]) for c in short[:10]) + (
-                    " ..." if len(short) > 10 else ""
+                    f" and {len(short) - 10} more" if len(short) > 10 else ""
                 )
                 raise ValueError(
                     f"{self.game} needs at least {needed} image(s) in every class; "

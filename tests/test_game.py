@@ -357,3 +357,311 @@ def test_every_candidate_slot_is_the_target_equally_often(name):
     # and in the blocks of training, every slot is the target of exactly one game
     _, _, block_targets = game.sample_ids(4, generator)
     assert torch.equal(block_targets, torch.arange(c).repeat(4, 1))
+
+
+# ----- found by mutation testing: sampling within classes, defaults, exact messages -----
+
+
+def within_sd(counts: torch.Tensor, n: int, p: float, k: float = 4.5) -> bool:
+    """Every count within ``k`` binomial standard deviations of ``n p``."""
+    return bool(((counts - n * p).abs() < k * math.sqrt(n * p * (1 - p))).all())
+
+
+@pytest.mark.parametrize("name", ["oo-same", "oo-different"])
+def test_oo_games_draw_every_image_of_a_class_equally_often(name):
+    """Each candidate is a uniform draw from its class, and (oo-different) each sender a
+    uniform draw from the other images of the target's class: 600 blocks of 4 classes of
+    5 images, every image's count within 4.5 binomial standard deviations."""
+    game = make(name, dataset=ToyImages(n=20, n_classes=4))
+    sender_ids, candidate_ids, _ = game.sample_ids(600, torch.Generator().manual_seed(0))
+    counts = torch.bincount(candidate_ids.flatten(), minlength=20).double()
+    assert within_sd(counts, 600, 1 / 5), counts.tolist()
+    if name == "oo-different":
+        for member in range(5):  # the sender given each candidate: any of the 4 others
+            pairs = candidate_ids.flatten() == member
+            others = torch.bincount(sender_ids.flatten()[pairs], minlength=20).double()
+            same_class = [i for i in range(20) if i % 4 == member % 4 and i != member]
+            assert others[member] == 0 and others.sum() == others[same_class].sum()
+            assert within_sd(others[same_class], int(pairs.sum()), 1 / 4), others.tolist()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "n_distractors"),
+    [((3, 4, 5, 6), 1), ((3, 4, 5, 6), 2), ((3, 4, 5, 6), 3), ((6, 1, 1, 1, 1, 1, 1, 1), 1)],
+)
+def test_oo_epoch_serves_each_class_from_a_queue(sizes, n_distractors):
+    """Within an epoch a class's images are each used before any is used again (its
+    counts differ by at most one), whatever the number of slots a class gets (one, none:
+    the last case leaves some classes out of most epochs)."""
+    labels = [c for c, size in enumerate(sizes) for _ in range(size)]
+    game = make("oo-same", dataset=ToyImages(labels=labels, n_classes=len(sizes)),
+                n_distractors=n_distractors)  # fmt: skip
+    for seed in range(10):
+        batches = list(game.epoch(2, torch.Generator().manual_seed(seed)))
+        ids = torch.cat([b.candidate_ids for b in batches])
+        assert ids.shape == (len(labels) // (n_distractors + 1), n_distractors + 1)
+        for block in game.labels[ids]:
+            assert block.unique().numel() == n_distractors + 1
+        counts = torch.bincount(ids.flatten(), minlength=len(labels))
+        for c in range(len(sizes)):
+            of_class = counts[game.labels == c]
+            assert of_class.max() - of_class.min() <= 1, (c, of_class.tolist())
+
+
+def test_defaults_are_the_papers_sketch_and_seed_zero():
+    dataset = ToyImages(n=120, n_classes=10, size=4)
+    game = SketchGame(dataset)
+    assert (game.sigma2, game.kernel, game.composite, game.invert) == (5e-4, "exp", "softor", True)
+    same, other = SketchGame(dataset, seed=0), SketchGame(dataset, seed=1)
+    first = game.sample(1).candidate_ids
+    assert torch.equal(first, same.sample(1).candidate_ids)
+    assert not torch.equal(first, other.sample(1).candidate_ids)
+    assert game.pin_memory is torch.cuda.is_available()
+
+
+def test_pin_memory_setting_pins_the_images(monkeypatch):
+    pinned = []
+
+    def fake_pin(tensor):  # the real one needs CUDA
+        pinned.append(tensor.shape)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    assert make("oo-same", pin_memory=False).pin_memory is False
+    make("oo-same", pin_memory=False).sample(2)
+    assert pinned == []
+    game = make("oo-different", pin_memory=1)
+    assert game.pin_memory is True
+    game.sample(2)
+    assert pinned == [(2, 6, 3, 8, 8)] * 2  # candidates, then the senders' images
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert make("oo-same").pin_memory is True
+    pinned.clear()
+    batch = make("original", pin_memory=False).sample(2)
+    copy = batch.pin_memory()
+    assert (
+        copy.sender_images is copy.candidates and len(pinned) == 5
+    )  # 7 fields; images and ids shared
+    assert all(torch.equal(getattr(copy, f), getattr(batch, f)) for f in vars(batch))
+
+
+def test_game_batch_to_moves_every_field_once_and_passes_non_blocking(monkeypatch):
+    batch = make("original").sample(2)
+    moved = batch.to("meta")
+    assert all(getattr(moved, f).device.type == "meta" for f in vars(batch))
+    assert moved.sender_images is moved.candidates
+    assert [getattr(moved, f).shape for f in vars(batch)] == [
+        getattr(batch, f).shape for f in vars(batch)
+    ]
+    calls = []
+    to = torch.Tensor.to
+
+    def recording_to(tensor, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking"))
+        return to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    batch.to("cpu")
+    batch.to("cpu", non_blocking=True)
+    assert calls == [False] * 5 + [True] * 5  # 7 fields; images and ids shared
+
+
+def test_select_games_keeps_every_field_of_the_chosen_games():
+    batch = make("oo-different").sample(2)
+    picked = batch.select_games(torch.tensor([3, 1]))
+    for field in ("sender_images", "targets", "sender_labels", "sender_ids"):
+        assert torch.equal(getattr(picked, field), getattr(batch, field)[:, [3, 1]]), field
+    for field in ("candidates", "candidate_labels", "candidate_ids"):
+        assert getattr(picked, field) is getattr(batch, field), field
+    none = batch.select_games([])
+    assert none.targets.shape == (2, 0) and none.sender_images.shape == (2, 0, 3, 8, 8)
+
+
+def test_memory_is_checked_before_any_image_is_read(monkeypatch):
+    """A dataset that states its ``image_size`` is checked for the images a block needs
+    (candidates and the sender's image, plus one) before any image is read."""
+    import sketchenv.game
+
+    class Stated(ToyImages):
+        image_size = 8
+
+    checked = []
+    monkeypatch.setattr(sketchenv.game, "check_memory", lambda *args: checked.append(args))
+    SketchGame(Stated(n=120, n_classes=10), "original")
+    SketchGame(Stated(n=120, n_classes=10), "original", n_distractors=5)
+    SketchGame(Stated(n=120, n_classes=10), "oo-same")
+    SketchGame(Stated(n=120, n_classes=10), "oo-different", n_distractors=3)
+    SketchGame(ToyImages(n=120, n_classes=10), "original")  # no stated size: no early check
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        SketchGame(Stated(n=4, n_classes=1), "oo-same")
+    assert checked == [(8, 101), (8, 7), (8, 11), (8, 5), (8, 3)]
+
+    def refuse(size, n_images):
+        raise ValueError(f"no room for {n_images} images of {size} px")
+
+    monkeypatch.setattr(sketchenv.game, "check_memory", refuse)
+    big = Stated(n=120, n_classes=10)
+    with pytest.raises(ValueError, match="no room for 101 images of 8 px"):
+        SketchGame(big, "original")
+    assert big.reads == 0
+
+
+def test_datasets_without_classes_count_them_from_the_labels():
+    class Unnamed(ToyImages):
+        classes = None
+
+    game = SketchGame(Unnamed(n=12, n_classes=3), "oo-same")
+    assert (game.n_classes, game.n_candidates) == (3, 3)
+
+    class NoAttribute(Dataset):
+        labels = (0, 1, 2, 2)
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 4, 4), self.labels[i]
+
+    assert SketchGame(NoAttribute(), "oo-same").n_classes == 3
+    with pytest.raises(ValueError) as err:
+        SketchGame(NoAttribute(), "oo-different")
+    assert str(err.value) == (
+        "oo-different needs at least 2 image(s) in every class; 2 class(es) have fewer: "
+        "0, 1. Use a dataset/split with them or the original game"
+    )
+
+
+def test_class_counts_at_their_limits():
+    assert SketchGame(ToyImages(n=4, n_classes=1), "original", n_distractors=1).n_candidates == 2
+    assert SketchGame(ToyImages(n=4, n_classes=2), "oo-different").n_candidates == 2
+    assert SketchGame(ToyImages(n=8, n_classes=4), "oo-same", n_distractors=1).n_candidates == 2
+    assert SketchGame(ToyImages(n=8, n_classes=4, size=2), "oo-same").image_size == (2, 2)
+    assert make("oo-same", n_lines=1).render(torch.zeros(1, 4)).shape == (3, 8, 8)
+    two = ToyImages(labels=[0, 1, 2], n_classes=3)
+    with pytest.raises(ValueError) as err:
+        SketchGame(two, "original", n_distractors=2, sigma2=float("inf"))
+    assert str(err.value) == "sigma2 must be a positive number, got inf"
+    with pytest.raises(ValueError, match=r"got 0\.0"):
+        SketchGame(two, "original", n_distractors=2, sigma2=0.0)
+    with pytest.raises(ValueError) as err:
+        SketchGame(ToyImages(labels=[0, 1, 2], n_classes=2), "oo-same")
+    assert str(err.value) == (
+        "dataset labels must lie in [0, 2) (one per class in dataset.classes), found [0, 2]"
+    )
+
+
+def test_oo_games_name_at_most_ten_short_classes():
+    def short_classes(n_short):  # classes 0 .. n_short-1 have one image, the rest two
+        labels = [c for c in range(12) for _ in range(1 if c < n_short else 2)]
+        with pytest.raises(ValueError) as err:
+            SketchGame(ToyImages(labels=labels, n_classes=12), "oo-different")
+        return str(err.value)
+
+    ten = ", ".join(f"class{c}" for c in range(10))
+    assert short_classes(10) == (
+        f"oo-different needs at least 2 image(s) in every class; 10 class(es) have fewer: "
+        f"{ten}. Use a dataset/split with them or the original game"
+    )
+    assert short_classes(12).endswith(f"12 class(es) have fewer: {ten} and 2 more. Use a "
+                                      "dataset/split with them or the original game")  # fmt: skip
+    assert short_classes(1).endswith("1 class(es) have fewer: class0. Use a dataset/split "
+                                     "with them or the original game")  # fmt: skip
+
+
+def test_construction_messages_are_exact():
+    def message(error, *args, **kwargs):
+        with pytest.raises(error) as caught:
+            SketchGame(*args, **kwargs)
+        return str(caught.value)
+
+    toy = ToyImages()
+    assert message(ValueError, toy, kernel="gauss") == (
+        "unknown kernel 'gauss'; choose one of exp, sigmoid"
+    )
+    assert message(ValueError, toy, composite="sum") == (
+        "unknown composite 'sum'; choose one of softor, over, max"
+    )
+    assert message(TypeError, toy, seed=1.5) == "seed must be an integer, got 1.5"
+
+    class OnlyGetitem:
+        def __getitem__(self, i):
+            return torch.zeros(3, 4, 4), 0
+
+    assert message(TypeError, OnlyGetitem()) == (
+        "dataset must be a torch Dataset of (image, label), got OnlyGetitem; "
+        "build one by name with sketchenv.datasets.make_dataset(...)"
+    )
+    flat = [(torch.rand(3, 1, 3), i % 2) for i in range(4)]
+    assert message(ValueError, flat, "oo-same") == (
+        "the dataset's images are 1x3 px, too small to draw on (at least 2x2): resize them "
+        "(image_size=, --image-size)"
+    )
+    assert message(ValueError, ToyImages(n=4, n_classes=1), "oo-same") == (
+        "oo-same needs at least 2 classes (one candidate per class); the dataset has 1: use "
+        "the original game or a dataset with more classes"
+    )
+
+
+def test_sampling_and_scoring_messages_are_exact():
+    game = make("oo-same")
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError) as err:
+            game.sample(bad)
+        assert str(err.value) == f"n_blocks must be a positive integer, got {bad!r}"
+        with pytest.raises(ValueError) as err:
+            game.epoch(bad)
+        assert str(err.value) == f"blocks_per_batch must be a positive integer, got {bad!r}"
+    with pytest.raises(TypeError) as err:
+        game.sample(1, generator=3)
+    assert str(err.value) == (
+        "generator must be a CPU torch.Generator (batches are sampled on the CPU)"
+    )
+    for strokes, described in [
+        ([[0.0] * 4] * 20, "list"),
+        (torch.zeros(20, 4, dtype=torch.long), "tensor of shape [20, 4] and dtype torch.int64"),
+    ]:
+        with pytest.raises(TypeError) as err:
+            game.render(strokes)
+        assert str(err.value) == f"strokes must be a floating-point tensor, got {described}"
+    with pytest.raises(ValueError) as err:
+        game.choose(torch.tensor(1.0))
+    assert str(err.value) == (
+        "scores must be a tensor [..., 6] (one per candidate), got tensor of shape [] and "
+        "dtype torch.float32"
+    )
+    batch = game.sample(2)
+    with pytest.raises(TypeError) as err:
+        game.score(batch.targets.bool(), batch)
+    assert str(err.value) == (
+        "choices must be an integer tensor of candidate indices, got tensor of shape [2, 6] "
+        "and dtype torch.bool"
+    )
+
+
+def test_choose_takes_the_last_dimension_and_score_any_integer_dtype():
+    game = make("oo-same")  # 6 candidates
+    scores = torch.rand(2, 3, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(game.choose(scores), scores.argmax(-1))
+    assert game.choose(scores).shape == (2, 3)
+    assert game.choose(torch.tensor([0.0, 0, 0, 0, 2, 0])).item() == 4  # one game, unbatched
+    batch = game.sample(2)
+    for dtype in (torch.int32, torch.uint8, torch.int64):
+        assert game.score(batch.targets.to(dtype), batch) == {"comm_rate": 1.0,
+                                                              "class_rate": 1.0}  # fmt: skip
+
+
+def test_epoch_draws_from_the_generator_it_is_given():
+    a, b = make("oo-different", seed=0), make("oo-different", seed=1)
+    one = [x.sender_ids for x in a.epoch(3, torch.Generator().manual_seed(5))]
+    other = [x.sender_ids for x in b.epoch(3, torch.Generator().manual_seed(5))]
+    assert all(torch.equal(x, y) for x, y in zip(one, other, strict=True))
+
+
+def test_repr_names_the_game():
+    game = make("oo-same", dataset=ToyImages(n=12, n_classes=3))
+    assert repr(game) == (
+        f"SketchGame('oo-same', 2 distractors, 20 lines, 8x8 px, 3 classes, "
+        f"dataset={game.dataset!r})"
+    )
+    flat = SketchGame([(torch.rand(3, 2, 5), i % 2) for i in range(4)], "oo-same")
+    assert "2x5 px, 2 classes" in repr(flat)
