@@ -492,9 +492,20 @@ def test_memory_is_checked_before_any_image_is_read(monkeypatch):
     SketchGame(Stated(n=120, n_classes=10), "oo-same")
     SketchGame(Stated(n=120, n_classes=10), "oo-different", n_distractors=3)
     SketchGame(ToyImages(n=120, n_classes=10), "original")  # no stated size: no early check
+
+    class StatedUnnamed(Dataset):  # a stated size, labels, and no class names
+        image_size, labels = 8, (0, 1, 2, 0, 1, 2)
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8, 8), self.labels[i]
+
+    SketchGame(StatedUnnamed(), "oo-same", n_distractors=2)
     with pytest.raises(ValueError, match="at least 2 classes"):
         SketchGame(Stated(n=4, n_classes=1), "oo-same")
-    assert checked == [(8, 101), (8, 7), (8, 11), (8, 5), (8, 3)]
+    assert checked == [(8, 101), (8, 7), (8, 11), (8, 5), (8, 4), (8, 3)]
 
     def refuse(size, n_images):
         raise ValueError(f"no room for {n_images} images of {size} px")
