@@ -300,8 +300,9 @@ def parallel_env(**kwargs) -> SketchParallelEnv:
 
 
 class _CheckActionsWhenGiven(wrappers.BaseWrapper):
-    """`parallel_to_aec` holds the sender's action until the receiver's turn; this checks
-    each action when it is given, so a bad one is refused at the step that gave it."""
+    """`parallel_to_aec` holds the sender's action until the receiver's turn; this checks it
+    when it is given, so a bad one is refused at the step that gave it. (The receiver acts
+    last, so its action reaches the parallel env's own checks at its step.)"""
 
     def __init__(self, parallel: SketchParallelEnv) -> None:
         super().__init__(parallel_to_aec(parallel))
@@ -309,12 +310,9 @@ class _CheckActionsWhenGiven(wrappers.BaseWrapper):
 
     def step(self, action) -> None:
         parallel = self._parallel
-        agent = self.agent_selection
-        if action is not None and parallel.agents and not self.terminations.get(agent):
-            if agent == SENDER and parallel._phase == 0:
-                parallel._check_strokes(action)
-            elif agent == RECEIVER and parallel._phase == 1:
-                parallel._check_choice(action)
+        if parallel.agents and parallel._phase == 0 and self.agent_selection == SENDER:
+            acting_agent({SENDER: action}, 0)  # None is only for agents whose episode ended
+            parallel._check_strokes(action)
         super().step(action)
 
 

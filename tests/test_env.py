@@ -5,6 +5,7 @@ import subprocess
 import sys
 import warnings
 
+import gymnasium
 import numpy as np
 import pettingzoo
 import pytest
@@ -489,3 +490,194 @@ def test_env_plays_inside_no_grad_and_inference_mode():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# ----- found by mutation testing: options reaching the game, spaces, counters, messages --
+
+
+def test_named_datasets_get_every_option_and_the_documented_defaults(monkeypatch):
+    import sketchenv.datasets
+
+    calls = []
+
+    def recording_make_dataset(name, split, **options):
+        calls.append((name, split, options))
+        return NOISE
+
+    monkeypatch.setattr(sketchenv.datasets, "make_dataset", recording_make_dataset)
+    sketchenv.parallel_env(dataset="cifar10", n_distractors=4)
+    sketchenv.parallel_env(dataset="stl10", split="val", image_size=16, root="/d", download=True,
+                           n_distractors=4)  # fmt: skip
+    sketchenv.parallel_env(n_distractors=4)
+    assert calls == [
+        ("cifar10", "train", {"image_size": None, "root": "./data", "download": False}),
+        ("stl10", "val", {"image_size": 16, "root": "/d", "download": True}),
+        ("shapes", "train", {"image_size": None, "root": "./data", "download": False}),
+    ]
+
+
+def test_sketch_options_reach_the_game():
+    env = make(kernel="sigmoid", composite="max", invert=False, sigma2=2e-3, n_lines=2)
+    core = env.core
+    assert (core.kernel, core.composite, core.invert, core.sigma2, core.n_lines) == (
+        "sigmoid", "max", False, 2e-3, 2
+    )  # fmt: skip
+
+
+def test_spaces_are_exact():
+    env = make("oo-same")  # 5 candidates of 16 px, 3 lines
+    image = gymnasium.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+    phase = gymnasium.spaces.Discrete(2)
+    assert env.observation_space("sender_0") == gymnasium.spaces.Dict(
+        {"image": image, "phase": phase}
+    )
+    receiver = env.observation_space("receiver_0")
+    assert list(receiver.spaces) == ["sketch", *(f"candidate_{i}" for i in range(5)), "phase"]
+    assert all(receiver[k] == image for k in receiver.spaces if k != "phase")
+    assert receiver["phase"] == phase
+    assert env.action_space("sender_0") == gymnasium.spaces.Box(-1.0, 1.0, (3, 4), np.float32)
+    assert env.action_space("receiver_0") == gymnasium.spaces.Discrete(5)
+    assert env.state_space == gymnasium.spaces.Box(0, 255, (16, 16 * 7, 3), np.uint8)
+    assert env.agents == [] and env.possible_agents == ["sender_0", "receiver_0"]
+
+
+@pytest.mark.parametrize(("invert", "paper"), [(True, 255), (False, 0)])
+def test_the_sketch_is_blank_paper_until_drawn(invert, paper):
+    env = make(invert=invert)
+    observations, _ = env.reset()
+    sketch = observations["receiver_0"]["sketch"]
+    assert sketch.dtype == np.uint8 and (sketch == paper).all()
+    assert (env.state()[:, 16:32] == paper).all()
+
+
+def test_episode_and_win_counters_and_the_render_state():
+    env = make("original")
+    states = []
+    for choice in (0, 0, 1, 2):  # targets of seed 0 known only after each pick
+        env.reset()
+        states.append(env.render_state())
+        env.step({"sender_0": np.zeros((3, 4), np.float32)})
+        env.step({"receiver_0": choice})
+        states.append(env.render_state())
+    wins = np.cumsum([s["choice"] == s["target"] for s in states[1::2]]).tolist()
+    assert [s["episode"] for s in states] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [s["wins"] for s in states[1::2]] == wins and wins[-1] >= 1
+    assert set(states[0]) == {"sender_image", "sketch", "candidates", "phase", "choice",
+                              "target", "episode", "wins", "n_lines"}  # fmt: skip
+    assert (states[0]["phase"], states[1]["phase"], states[0]["n_lines"]) == (0, 1, 3)
+
+
+def test_human_mode_shows_every_reset_and_step():
+    class FakeWindow:
+        shown: list
+
+        def __init__(self):
+            self.shown = []
+
+        def show(self, state):
+            self.shown.append(state["phase"])
+
+    env = make("original", render_mode="human")
+    env._window = window = FakeWindow()
+    env.reset()
+    env.step({"sender_0": np.zeros((3, 4), np.float32)})
+    env.step({"receiver_0": 0})
+    assert window.shown == [0, 1, 1]
+
+
+def test_render_without_a_mode_warns_with_the_fix(monkeypatch):
+    warned = []
+    monkeypatch.setattr(gymnasium.logger, "warn", warned.append)
+    env = make()
+    env.reset()
+    assert env.render() is None
+    assert warned == [
+        "render() called without a render_mode; pass render_mode='rgb_array' or 'human'"
+    ]
+
+
+def test_a_pickled_env_leaves_its_window_behind():
+    env = make(render_mode="human")
+    env._window = lambda: None  # stands for a pygame window, which cannot be pickled
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy._window is None and env._window is not None
+
+
+def test_env_messages_are_exact():
+    def message(error, call):
+        with pytest.raises(error) as caught:
+            call()
+        return str(caught.value)
+
+    env = make("original")  # 3 lines, 5 candidates
+    assert message(RuntimeError, lambda: env.step({})) == (
+        "step() called before reset(): call env.reset() first"
+    )
+    for method in ("state", "render_state"):
+        assert message(RuntimeError, getattr(env, method)) == (
+            f"{method}() called before reset(): call env.reset() first"
+        )
+    env.reset()
+    assert message(TypeError, lambda: env.step([1])) == (
+        "actions must be a dict {agent: action}, got list"
+    )
+    assert message(ValueError, lambda: env.step({"receiver_0": 1})) == (
+        "phase 0: actions must include 'sender_0' (it acts now; the other agent's action is "
+        "ignored)"
+    )
+    assert message(ValueError, lambda: env.step({"sender_0": np.zeros((4, 4))})) == (
+        "sender_0's action must have shape (3, 4) (n_lines strokes of x0, y0, x1, y1), got (4, 4)"
+    )
+    assert message(ValueError, lambda: env.step({"sender_0": np.full((3, 4), -1.5)})) == (
+        "sender_0's action: stroke coordinates must lie in [-1, 1] (canvas units), found "
+        "[-1.5, -1.5]; clip or squash (tanh) them"
+    )
+    assert message(TypeError, lambda: env.step({"sender_0": [[0.0, 1.0], [0.0]]})).startswith(
+        "sender_0's action must be an array of numbers: "
+    )
+    env.step({"sender_0": np.zeros((3, 4))})
+    for choice, described in [(1.0, "float 1.0"), ("a", "str 'a'"),
+                              (np.array([1]), "ndarray array([1])")]:  # fmt: skip
+        assert message(TypeError, lambda c=choice: env.step({"receiver_0": c})) == (
+            f"receiver_0's action must be an integer candidate index, got {described}"
+        )
+    env.step({"receiver_0": 0})
+    assert message(RuntimeError, lambda: env.step({"receiver_0": 0})) == (
+        "step() called after the episode ended: call env.reset()"
+    )
+    assert message(ValueError, lambda: make(image_size=32)) == (
+        "image_size=32 but the dataset's images are 16x16; pass image_size=None for a Dataset "
+        "object, or resize it"
+    )
+
+
+def test_seeds_up_to_two_to_the_63():
+    make(seed=2**63 - 1).reset(seed=126)
+    with pytest.raises(ValueError) as err:
+        make(seed=2**63)
+    assert str(err.value) == f"seed must be below 2**63, got {2**63}"
+
+
+def test_stroke_and_choice_checks_return_what_the_game_takes():
+    from sketchenv.env import check_choices, check_strokes
+
+    strokes = check_strokes(np.zeros((3, 4), np.float64), (3, 4), "x")
+    assert strokes.dtype == np.float32 and strokes.shape == (3, 4)
+    assert check_strokes(torch.full((3, 4), -1.0), (3, 4), "x").min() == -1.0
+    choices = check_choices(torch.tensor([1, 4], dtype=torch.int32), 2, 5)
+    assert choices.dtype == np.int64 and choices.tolist() == [1, 4]
+
+
+def test_aec_env_checks_the_senders_action_when_given_and_ignores_the_idle_agents():
+    aec = sketchenv.env(dataset=NOISE, n_lines=3, n_distractors=4)
+    aec.reset(seed=0)
+    with pytest.raises(ValueError, match="phase 0: actions must include 'sender_0'"):
+        aec.step(None)  # the sender acts now: None is only for agents whose episode ended
+    aec.step(np.zeros((3, 4), np.float32))
+    aec.step(99)  # phase 0: the receiver's action is ignored, whatever it is
+    assert aec.agent_selection == "sender_0"
+    aec.step(np.full((3, 4), np.nan))  # phase 1: the sender's action is ignored
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        aec.step(99)
+    aec.step(2)
+    assert all(aec.terminations.values())
