@@ -219,9 +219,12 @@ def check_beats_random_weights(out, metrics, method, epochs, margin) -> dict:
 
 
 def test_supervised_pretraining_beats_random_weights(folder, tmp_path):
-    args = tiny(folder, tmp_path / "run", "--batch-size", "20", "--epochs", "40", "--lr", "5e-3")
-    metrics = main([*args, "--probe-every", "20"])  # measured: 0.34 -> 0.65
-    info = check_beats_random_weights(tmp_path / "run", metrics, "supervised", 40, 0.15)
+    """Measured at 60 epochs on an AMD EPYC, seeds 0, 1, 2: 0.34 -> 0.79, 0.33 -> 0.61,
+    0.31 -> 0.66. (At 40 epochs, 0.65 on one machine but 0.45 on this one: float rounding
+    of another CPU's kernels sends a short run elsewhere, and 80 validation images are few.)"""
+    args = tiny(folder, tmp_path / "run", "--batch-size", "20", "--epochs", "60", "--lr", "5e-3")
+    metrics = main([*args, "--probe-every", "30"])
+    info = check_beats_random_weights(tmp_path / "run", metrics, "supervised", 60, 0.15)
     assert info["image_size"] == [16, 16] and info["width"] == 8
     assert info["classes"] == sorted(CLASSES) and info["dataset"] == f"imagefolder:{folder}"
 
