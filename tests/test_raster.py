@@ -522,6 +522,7 @@ def test_dense_path_gives_the_same_sketch_and_gradient_in_one_stroke_chunks(back
     if backend == "kernel":
         pytest.skip("exercises the dense PyTorch path")
     strokes = random_strokes(3, 5, seed=14)
+    strokes[:, 0] = torch.tensor([-0.5, 0.0, 0.5, 0.0])  # through pixel centres: ink exactly 1
     weights = torch.rand(3, 11, 9, generator=torch.Generator().manual_seed(0))
     results = {}
     for name, elements in (("whole", 1 << 20), ("per stroke", 11 * 9)):
