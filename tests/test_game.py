@@ -573,6 +573,8 @@ def test_oo_games_name_at_most_ten_short_classes():
         f"oo-different needs at least 2 image(s) in every class; 10 class(es) have fewer: "
         f"{ten}. Use a dataset/split with them or the original game"
     )
+    assert short_classes(11).endswith(f"{ten} and 1 more. Use a dataset/split with them or "
+                                      "the original game")  # fmt: skip
     assert short_classes(12).endswith(f"12 class(es) have fewer: {ten} and 2 more. Use a "
                                       "dataset/split with them or the original game")  # fmt: skip
     assert short_classes(1).endswith("1 class(es) have fewer: class0. Use a dataset/split "
