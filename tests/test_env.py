@@ -637,6 +637,7 @@ def test_env_messages_are_exact():
     )
     env.step({"sender_0": np.zeros((3, 4))})
     for choice, described in [(1.0, "float 1.0"), ("a", "str 'a'"),
+                              (np.float32(1.5), "float np.float32(1.5)"),
                               (np.array([1]), "ndarray array([1])")]:  # fmt: skip
         assert message(TypeError, lambda c=choice: env.step({"receiver_0": c})) == (
             f"receiver_0's action must be an integer candidate index, got {described}"
