@@ -39,6 +39,28 @@ class Blobs(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
+class LineSender(nn.Module):
+    """A plug-in sender: a linear map of 16 px pixels to 4 strokes."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4 * 4), nn.Tanh())
+
+    def forward(self, images):  # [N, 3, H, W] -> [N, n_lines, 4]
+        return self.net(images).view(-1, 4, 4)
+
+
+class PixelReceiver(nn.Module):
+    """A plug-in receiver: dot products of linear embeddings of the pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Flatten(2), nn.Linear(3 * 16 * 16, 8))
+
+    def forward(self, sketches, candidates):  # [B, G, ...], [B, C, ...] -> [B, G, C]
+        return self.embed(sketches) @ self.embed(candidates).transpose(1, 2)
+
+
 def tiny_agents(**options) -> tuple[Sender, Receiver]:
     kw = {"image_size": (16, 16), "n_lines": 4, "backbone_width": 8, "score": "cosine"}
     return build_agents(**(kw | options))
@@ -268,22 +290,6 @@ def test_frozen_backbone_is_unchanged_by_training():
 
 def test_custom_agents_plug_in():
     """Any callables with the documented shapes train through the same step."""
-
-    class LineSender(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4 * 4), nn.Tanh())
-
-        def forward(self, images):  # [N, 3, H, W] -> [N, n_lines, 4]
-            return self.net(images).view(-1, 4, 4)
-
-    class PixelReceiver(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Sequential(nn.Flatten(2), nn.Linear(3 * 16 * 16, 8))
-
-        def forward(self, sketches, candidates):  # [B, G, ...], [B, C, ...] -> [B, G, C]
-            return self.embed(sketches) @ self.embed(candidates).transpose(1, 2)
 
     game = SketchGame(Blobs(10), "oo-same", n_lines=4)
     sender, receiver = LineSender(), PixelReceiver()

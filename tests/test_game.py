@@ -72,6 +72,11 @@ def check_rules(game: SketchGame, batch: GameBatch):
     assert torch.equal(batch.sender_images, quantised(dataset, batch.sender_ids))
 
 
+def within_sd(counts: torch.Tensor, n: int, p: float, k: float = 4.5) -> bool:
+    """Every count within ``k`` binomial standard deviations of ``n p``."""
+    return bool(((counts - n * p).abs() < k * math.sqrt(n * p * (1 - p))).all())
+
+
 @pytest.mark.parametrize("name", GAMES)
 def test_sampled_blocks_follow_the_rules(name):
     game = make(name)
@@ -352,19 +357,13 @@ def test_every_candidate_slot_is_the_target_equally_often(name):
     n, c = 2000, game.n_candidates
     targets = torch.cat([game.sample_game_ids(generator)[2].flatten() for _ in range(n)])
     counts = torch.bincount(targets, minlength=c).double()
-    expected, sd = n / c, math.sqrt(n * (1 / c) * (1 - 1 / c))
-    assert ((counts - expected).abs() < 4.5 * sd).all(), counts.tolist()
+    assert within_sd(counts, n, 1 / c), counts.tolist()
     # and in the blocks of training, every slot is the target of exactly one game
     _, _, block_targets = game.sample_ids(4, generator)
     assert torch.equal(block_targets, torch.arange(c).repeat(4, 1))
 
 
 # ----- found by mutation testing: sampling within classes, defaults, exact messages -----
-
-
-def within_sd(counts: torch.Tensor, n: int, p: float, k: float = 4.5) -> bool:
-    """Every count within ``k`` binomial standard deviations of ``n p``."""
-    return bool(((counts - n * p).abs() < k * math.sqrt(n * p * (1 - p))).all())
 
 
 @pytest.mark.parametrize("name", ["oo-same", "oo-different"])

@@ -316,8 +316,12 @@ def test_a_damaged_cached_kernel_is_rebuilt_not_loaded(backend, monkeypatch, tmp
 
 def test_double_backward_is_refused():
     strokes = random_strokes(1, 2, seed=11).requires_grad_()
-    with pytest.raises(RuntimeError, match="first-order gradients only"):
+    with pytest.raises(RuntimeError) as err:
         torch.autograd.grad(render_strokes(strokes, 8).sum(), strokes, create_graph=True)
+    assert str(err.value) == (
+        "render_strokes has first-order gradients only; double backward "
+        "(create_graph=True, e.g. gradient penalties) is not supported"
+    )
 
 
 @pytest.mark.slow
@@ -395,16 +399,6 @@ def test_to_rgb_of_one_sketch_and_its_messages():
     with pytest.raises(ValueError) as err:
         to_rgb(torch.zeros(5))
     assert str(err.value) == "sketch must have shape [..., H, W], got (5,)"
-
-
-def test_double_backward_message_is_exact():
-    strokes = random_strokes(1, 2, seed=11).requires_grad_()
-    with pytest.raises(RuntimeError) as err:
-        torch.autograd.grad(render_strokes(strokes, 8).sum(), strokes, create_graph=True)
-    assert str(err.value) == (
-        "render_strokes has first-order gradients only; double backward "
-        "(create_graph=True, e.g. gradient penalties) is not supported"
-    )
 
 
 @pytest.mark.parametrize(("kernel", "composite"), MODES)

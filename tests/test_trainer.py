@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from test_agents import Blobs, tiny_agents, unique_params
+from test_agents import Blobs, LineSender, PixelReceiver, tiny_agents, unique_params
 from torch import nn
 
 from agents import trainer
@@ -31,28 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def blob_game(variant: str = "original", **options) -> SketchGame:
     defaults = {"n_lines": 4} | ({"n_distractors": 4} if variant == "original" else {})
     return SketchGame(Blobs(12), variant, **(defaults | options))
-
-
-class FlatSender(nn.Module):
-    """A plug-in sender: a linear map of the pixels to strokes."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4 * 4), nn.Tanh())
-
-    def forward(self, images):
-        return self.net(images).view(-1, 4, 4)
-
-
-class FlatReceiver(nn.Module):
-    """A plug-in receiver: dot products of linear embeddings."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Sequential(nn.Flatten(2), nn.Linear(3 * 16 * 16, 8))
-
-    def forward(self, sketches, candidates):
-        return self.embed(sketches) @ self.embed(candidates).transpose(1, 2)
 
 
 def count_calls(module: nn.Module) -> list[int]:
@@ -154,7 +132,7 @@ def test_shared_encoder_encodes_each_image_once(variant, separate, calls):
 def test_plug_in_agents_see_images_flat_and_give_games_shaped_outcomes():
     game = blob_game("original", n_distractors=3)
     batch = game.sample(2, torch.Generator().manual_seed(0))
-    sender, receiver = FlatSender(), FlatReceiver()
+    sender, receiver = LineSender(), PixelReceiver()
     outcome = play(sender, receiver, game, batch)
     strokes = sender(batch.sender_images.flatten(0, 1)).view(2, 4, 4, 4)
     assert outcome.strokes.shape == (2, 4, 4, 4)
@@ -167,7 +145,7 @@ def test_a_built_in_agent_plays_beside_a_plug_in_one():
     game = blob_game("original", n_distractors=3)
     batch = game.sample(2, torch.Generator().manual_seed(0))
     built_in_sender, built_in_receiver = tiny_agents()
-    for sender, receiver in [(built_in_sender, FlatReceiver()), (FlatSender(), built_in_receiver)]:
+    for sender, receiver in [(built_in_sender, PixelReceiver()), (LineSender(), built_in_receiver)]:
         outcome = play(sender, receiver, game, batch)
         strokes = sender(batch.sender_images.flatten(0, 1)).view(2, 4, 4, 4)
         torch.testing.assert_close(outcome.strokes, strokes)
@@ -179,10 +157,10 @@ def test_a_receiver_of_the_wrong_shape_is_refused():
     batch = game.sample(2, torch.Generator().manual_seed(0))
 
     def transposed(sketches, candidates):
-        return FlatReceiver()(sketches, candidates).transpose(1, 2)[:, :3]
+        return PixelReceiver()(sketches, candidates).transpose(1, 2)[:, :3]
 
     with pytest.raises(ValueError) as err:
-        play(FlatSender(), transposed, game, batch)
+        play(LineSender(), transposed, game, batch)
     assert str(err.value) == "receiver must return scores [B, G, C] = [2, 4, 4], got [2, 3, 4]"
 
 
@@ -235,7 +213,7 @@ def step_setup(seed: int = 0):
     torch.manual_seed(seed)
     game = blob_game("original", n_distractors=3)
     batch = game.sample(2, torch.Generator().manual_seed(seed))
-    sender, receiver = FlatSender(), FlatReceiver()
+    sender, receiver = LineSender(), PixelReceiver()
     return game, batch, sender, receiver, unique_params(sender, receiver)
 
 
