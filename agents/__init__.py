@@ -1,5 +1,5 @@
 """Agents for the sketching game: backbones, the paper's sender and receiver, losses,
-the self-play training step and checkpoints.
+the self-play trainer (``fit``, with callbacks) and checkpoints.
 
 Plug-in interface (any callables with these shapes train and play like the built-ins)::
 
@@ -9,6 +9,7 @@ Plug-in interface (any callables with these shapes train and play like the built
 """
 
 from agents.backbones import BACKBONES, Backbone, make_backbone
+from agents.callbacks import Callback, default_callbacks
 from agents.checkpoint import CheckpointError, Run, load_run
 from agents.config import SelfPlayConfig
 from agents.losses import game_loss, perceptual_loss
@@ -16,11 +17,13 @@ from agents.models import Encoder, Receiver, Sender, build_agents
 from agents.perceptual import make_perceptual_net
 from agents.pretrain import PretrainConfig
 from agents.recognise import Recogniser
+from agents.selfplay import Trainer, fit, resume_config
 from agents.trainer import evaluate, play, train_step
 
 __all__ = [
     "BACKBONES",
     "Backbone",
+    "Callback",
     "CheckpointError",
     "Encoder",
     "PretrainConfig",
@@ -29,13 +32,17 @@ __all__ = [
     "Run",
     "SelfPlayConfig",
     "Sender",
+    "Trainer",
     "build_agents",
+    "default_callbacks",
     "evaluate",
+    "fit",
     "game_loss",
     "load_run",
     "make_backbone",
     "make_perceptual_net",
     "perceptual_loss",
     "play",
+    "resume_config",
     "train_step",
 ]

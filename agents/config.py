@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.runs import THREADS
+from agents.backbones import BACKBONES
+from agents.losses import LOSSES
+from agents.models import SCORES
+from agents.runs import THREADS, THREADS_HELP
 from agents.zoo import resolve_weights
+from sketchenv.game import GAMES
 
-GAMES = ("original", "oo-same", "oo-different")
 # Keys that may change when a run is resumed (they do not affect what is computed).
 RESUMABLE_OVERRIDES = (
     "epochs",
@@ -29,63 +32,7 @@ RESUMABLE_OVERRIDES = (
     "output",
     "log_every",
 )
-
-
-@dataclass
-class SelfPlayConfig:
-    """Everything that defines a self-play run (``python -m train.selfplay --help``)."""
-
-    # The game
-    game: str = "original"
-    dataset: str = "shapes"
-    data_root: str = "./data"
-    download: bool = False
-    image_size: int | None = None  # None: 32 for the small backbone, the dataset's for vgg16
-    n_distractors: int | None = None
-    lines: int = 20
-    sigma2: float | None = None  # None: 5e-4 * (96 / image_size)^2, the paper's stroke width
-    invert: bool = True
-    # The agents
-    backbone: str = "small"
-    weights: str | None = None  # None: see agents.backbones.default_weights
-    backbone_width: int = 32
-    freeze_backbone: bool | None = None  # None: frozen when the weights are pretrained
-    separate_encoders: bool = False
-    latent_size: int = 128
-    sender_hidden: list[int] = field(default_factory=lambda: [256, 512])
-    receiver_hidden: list[int] = field(default_factory=lambda: [64])
-    receiver_out: int = 64
-    score: str = "cosine"
-    score_scale: float = 10.0
-    # The losses
-    loss: str = "hinge"
-    perceptual_coef: float = 0.0
-    perceptual_net: str = "drawing"
-    perceptual_weights: list[float] | None = None  # None: the network's default
-    # Optimisation
-    epochs: int = 6
-    batch_size: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    grad_clip: float | None = 1.0
-    # The run
-    seed: int = 0
-    device: str = "auto"
-    threads: int = THREADS
-    amp: bool = True
-    output: str | None = None
-    val_games: int = 1000
-    max_steps: int | None = None
-    time_budget: float | None = None
-    log_every: int = 20
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> SelfPlayConfig:
-        return config_from_dict({**self.to_dict(), **changes})
+SCHEDULES = ("cosine", "constant")
 
 
 def option(default: Any, help: str, group: str, **meta: Any) -> Any:
@@ -94,6 +41,95 @@ def option(default: Any, help: str, group: str, **meta: Any) -> Any:
     factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {}
     value = {} if factory else {"default": default}
     return field(**value, **factory, metadata={"help": help, "group": group, **meta})
+
+
+@dataclass
+class SelfPlayConfig:
+    """Everything that defines a self-play run; each field is a flag of
+    ``python -m train.selfplay`` (``--n-distractors`` for ``n_distractors``)."""
+
+    # The game
+    game: str = option("original", "game variant", "game", choices=GAMES)
+    dataset: str = option("shapes", "registry name or imagefolder:PATH", "game")
+    data_root: str = option("./data", "where datasets live", "game")
+    download: bool = option(False, "download the dataset if missing", "game")
+    image_size: int | None = option(
+        None, "pixels per side", "game", default_help="32 for small, native for vgg16"
+    )
+    n_distractors: int | None = option(
+        None, "distractors per game", "game", default_help="99 original, classes-1 for OO games"
+    )
+    lines: int = option(20, "strokes per sketch", "game")
+    sigma2: float | None = option(
+        None, "stroke width sigma^2 in canvas units", "game", default_help="5e-4*(96/size)^2"
+    )
+    invert: bool = option(True, "black strokes on white", "game")
+    # The agents
+    backbone: str = option("small", "the encoder's backbone", "agents", choices=BACKBONES)
+    weights: str | None = option(
+        None,
+        "imagenet | stylized:PATH_OR_URL | none | FILE_OR_URL | shipped name",
+        "agents",
+        default_help="imagenet for vgg16; for small, the shipped visual system of the dataset "
+        "at this size and width when there is one (shapes at 32 and 64 px), else none",
+    )
+    backbone_width: int = option(32, "small backbone channels", "agents")
+    freeze_backbone: bool | None = option(
+        None,
+        "train only projection and heads",
+        "agents",
+        default_help="on with pretrained weights, off without",
+    )
+    separate_encoders: bool = option(False, "sender and receiver own one each", "agents")
+    latent_size: int = option(128, "projection output", "agents")
+    sender_hidden: list[int] = option([256, 512], "sender MLP hidden sizes", "agents")
+    receiver_hidden: list[int] = option([64], "receiver MLP hidden sizes", "agents")
+    receiver_out: int = option(64, "receiver embedding size", "agents")
+    score: str = option("cosine", "dot = paper", "agents", choices=SCORES)
+    score_scale: float = option(10.0, "initial cosine scale", "agents")
+    # The losses
+    loss: str = option("hinge", "the game loss", "losses and optimisation", choices=LOSSES)
+    perceptual_coef: float = option(
+        0.0, "perceptual loss weight (0 = off)", "losses and optimisation"
+    )
+    perceptual_net: str = option(
+        "drawing",
+        "drawing | edges | agents | vgg16[:WEIGHTS] | weights FILE or shipped name",
+        "losses and optimisation",
+    )
+    perceptual_weights: list[float] | None = option(
+        None,
+        "per tap of the perceptual network",
+        "losses and optimisation",
+        default_help="drawing: 4 2 1 1; others: all 1",
+    )
+    epochs: int = option(6, "passes over the training split", "losses and optimisation")
+    batch_size: int = option(100, "games per step (over all processes)", "losses and optimisation")
+    lr: float = option(1e-3, "AdamW learning rate", "losses and optimisation")
+    weight_decay: float = option(0.0, "AdamW decoupled decay", "losses and optimisation")
+    lr_schedule: str = option(
+        "cosine", "learning-rate schedule", "losses and optimisation", choices=SCHEDULES
+    )
+    warmup_steps: int = option(100, "linear warm-up", "losses and optimisation")
+    grad_clip: float | None = option(1.0, "max gradient norm, 0 = off", "losses and optimisation")
+    # The run
+    seed: int = option(0, "weights, games and dataset splits", "run")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", "run")
+    threads: int = option(THREADS, THREADS_HELP, "run")
+    amp: bool = option(True, "float16 autocast on CUDA", "run")
+    output: str | None = option(
+        None, "run directory", "run", default_help="runs/selfplay-<game>-<time>"
+    )
+    val_games: int = option(1000, "validation games per pass", "run")
+    max_steps: int | None = option(None, "stop after this many steps in all", "run")
+    time_budget: float | None = option(None, "stop after this many seconds (this process)", "run")
+    log_every: int = option(20, "steps between TensorBoard points", "run")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SelfPlayConfig:
+        return config_from_dict({**self.to_dict(), **changes})
 
 
 def default_sigma2(image_size: int) -> float:
@@ -193,10 +229,10 @@ def check_config(c: SelfPlayConfig) -> None:
             raise ValueError(message)
 
     need(c.game in GAMES, f"game must be one of {GAMES}, got {c.game!r}")
-    need(c.backbone in ("small", "vgg16"), f"backbone must be small or vgg16, got {c.backbone!r}")
-    need(c.loss in ("hinge", "ce"), f"loss must be hinge or ce, got {c.loss!r}")
-    need(c.score in ("dot", "cosine"), f"score must be dot or cosine, got {c.score!r}")
-    need(c.lr_schedule in ("cosine", "constant"), "lr_schedule must be cosine or constant")
+    need(c.backbone in BACKBONES, f"backbone must be {' or '.join(BACKBONES)}, got {c.backbone!r}")
+    need(c.loss in LOSSES, f"loss must be {' or '.join(LOSSES)}, got {c.loss!r}")
+    need(c.score in SCORES, f"score must be {' or '.join(SCORES)}, got {c.score!r}")
+    need(c.lr_schedule in SCHEDULES, f"lr_schedule must be {' or '.join(SCHEDULES)}")
     need(c.image_size is None or c.image_size >= 8, "image_size must be >= 8 (or unset)")
     need(c.n_distractors is None or c.n_distractors >= 1, "n_distractors must be >= 1")
     need(c.lines >= 1, "lines must be >= 1")

@@ -125,6 +125,71 @@ def compute_loss(
     return total, parts
 
 
+class GameLoss(nn.Module):
+    """Playing a batch of games and its loss, as one module: the unit that
+    :class:`~torch.nn.parallel.DistributedDataParallel` wraps, so every parameter's
+    gradient comes from one forward (the fast path of :func:`play` included)."""
+
+    def __init__(
+        self,
+        sender: SenderFn,
+        receiver: ReceiverFn,
+        game: SketchGame,
+        *,
+        loss: str = "hinge",
+        perceptual_net: Backbone | None = None,
+        perceptual_weights: Sequence[float] = (),
+        perceptual_coef: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.sender, self.receiver, self.game = sender, receiver, game
+        self.loss_options = {
+            "loss": loss,
+            "perceptual_net": perceptual_net,
+            "perceptual_weights": perceptual_weights,
+            "perceptual_coef": perceptual_coef,
+        }
+
+    def forward(self, batch: GameBatch, weight: float = 1.0) -> tuple[Tensor, Outcome, dict]:
+        """``(weight x loss, outcome, scalars of the unweighted loss)``; ``weight`` scales a
+        process's share in a distributed step (see :func:`update`)."""
+        outcome = play(self.sender, self.receiver, self.game, batch)
+        loss, stats = compute_loss(outcome, batch, **self.loss_options)
+        return loss * weight, outcome, stats
+
+
+def update(
+    model: nn.Module,
+    batch: GameBatch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    params: Sequence[nn.Parameter],
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    weight: float = 1.0,
+) -> tuple[Outcome, dict[str, float]]:
+    """One gradient step of ``model`` (a :class:`GameLoss`, possibly wrapped in
+    DistributedDataParallel) on a batch already on its device; returns the outcome and
+    scalars (losses, ``comm_rate``, ``class_rate``, ``grad_norm``). DDP averages the
+    processes' gradients, so each process passes ``weight`` = processes x its games / all
+    games, and the step is the one of the mean loss over all games."""
+    device = batch.candidates.device
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        loss, outcome, stats = model(batch, weight)
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    stats["grad_norm"] = float(grad_norm)
+    game = model.module.game if hasattr(model, "module") else model.game
+    stats.update(game.score(game.choose(outcome.scores.detach()), batch))
+    return outcome, stats
+
+
 def train_step(
     sender: SenderFn,
     receiver: ReceiverFn,
@@ -138,22 +203,13 @@ def train_step(
     grad_clip: float | None = None,
     **loss_options,
 ) -> tuple[Outcome, dict[str, float]]:
-    """One gradient step on a batch already on the model's device; returns the outcome
-    and scalars (losses, ``comm_rate``, ``class_rate``, ``grad_norm``)."""
-    device = batch.candidates.device
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, amp):
-        outcome = play(sender, receiver, game, batch)
-        loss, stats = compute_loss(outcome, batch, **loss_options)
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
-    scaler.step(optimizer)
-    scaler.update()
-    stats["grad_norm"] = float(grad_norm)
-    stats.update(game.score(game.choose(outcome.scores.detach()), batch))
-    return outcome, stats
+    """One gradient step on a batch already on the model's device (:func:`update` of a
+    :class:`GameLoss`); returns the outcome and scalars (losses, ``comm_rate``,
+    ``class_rate``, ``grad_norm``)."""
+    model = GameLoss(sender, receiver, game, **loss_options)
+    return update(
+        model, batch, optimizer, params=params, scaler=scaler, amp=amp, grad_clip=grad_clip
+    )
 
 
 @torch.no_grad()

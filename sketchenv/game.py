@@ -167,9 +167,20 @@ class SketchGame:
         return self.cache.preload(chunk)
 
     # ----- sampling -------------------------------------------------------------------------
-    def sample(self, n_blocks: int, generator: torch.Generator | None = None) -> GameBatch:
-        """Draw `n_blocks` independent random blocks of games."""
-        return self._batch(*self.sample_ids(n_blocks, generator))
+    def sample(
+        self,
+        n_blocks: int,
+        generator: torch.Generator | None = None,
+        *,
+        share: tuple[int, int] = (0, 1),
+    ) -> GameBatch:
+        """Draw `n_blocks` independent random blocks of games. `share=(rank, world)` keeps
+        only process `rank`'s share of them (see `share_blocks`); the draws are the same."""
+        sender_ids, candidate_ids, targets = self.sample_ids(n_blocks, generator)
+        mine = share_blocks(n_blocks, *share)
+        candidates = candidate_ids[mine]
+        senders = candidates if sender_ids is candidate_ids else sender_ids[mine]
+        return self._batch(senders, candidates, targets[mine])
 
     def sample_ids(
         self, n_blocks: int, generator: torch.Generator | None = None
@@ -207,7 +218,11 @@ class SketchGame:
         return sender_ids[:, [game]], candidate_ids, targets[:, [game]]
 
     def epoch(
-        self, blocks_per_batch: int, generator: torch.Generator | None = None
+        self,
+        blocks_per_batch: int,
+        generator: torch.Generator | None = None,
+        *,
+        share: tuple[int, int] = (0, 1),
     ) -> Iterator[GameBatch]:
         """About one pass over the dataset in batches of `blocks_per_batch` blocks.
 
@@ -215,7 +230,9 @@ class SketchGame:
         target once; the remainder that does not fill a block is left out). OO games: per-class
         shuffled queues give one image per chosen class per block (classes re-shuffled when
         exhausted), `len(dataset) // n_candidates` blocks. All random draws happen when this is
-        called, so interleaving with `sample` stays deterministic.
+        called, so interleaving with `sample` stays deterministic. `share=(rank, world)`
+        yields only process `rank`'s share of each batch's blocks (`share_blocks`; possibly
+        none), so `world` processes together play exactly the batches of one.
         """
         g = self._generator(generator)
         if not _is_int(blocks_per_batch) or blocks_per_batch < 1:
@@ -229,7 +246,7 @@ class SketchGame:
         else:
             candidate_ids = self._draw_from_queues(self._draw_classes(n_blocks, g), g)
         sender_ids = self._sender_ids(candidate_ids, g)
-        return self._batches(sender_ids, candidate_ids, blocks_per_batch)
+        return self._batches(sender_ids, candidate_ids, blocks_per_batch, share)
 
     @property
     def blocks_per_epoch(self) -> int:
@@ -389,11 +406,19 @@ class SketchGame:
     def _all_targets(self, n_blocks: int) -> Tensor:
         return torch.arange(self.n_candidates).repeat(n_blocks, 1)
 
-    def _batches(self, sender_ids: Tensor, candidate_ids: Tensor, blocks_per_batch: int):
+    def _batches(
+        self,
+        sender_ids: Tensor,
+        candidate_ids: Tensor,
+        blocks_per_batch: int,
+        share: tuple[int, int],
+    ):
         same = sender_ids is candidate_ids  # keep the identity: images are then read once
         for start in range(0, len(candidate_ids), blocks_per_batch):
-            candidates = candidate_ids[start : start + blocks_per_batch]
-            senders = candidates if same else sender_ids[start : start + blocks_per_batch]
+            mine = share_blocks(min(blocks_per_batch, len(candidate_ids) - start), *share)
+            mine = slice(start + mine.start, start + mine.stop)
+            candidates = candidate_ids[mine]
+            senders = candidates if same else sender_ids[mine]
             yield self._batch(senders, candidates, self._all_targets(len(candidates)))
 
     def _batch(self, sender_ids: Tensor, candidate_ids: Tensor, targets: Tensor) -> GameBatch:
@@ -415,6 +440,17 @@ class SketchGame:
     def _float_images(self, ids: Tensor) -> Tensor:
         images = self.cache.images(ids).float().div_(255)
         return images.pin_memory() if self.pin_memory else images
+
+
+def share_blocks(n_blocks: int, rank: int, world: int) -> slice:
+    """Which of `n_blocks` blocks process `rank` of `world` plays: consecutive shares whose
+    sizes differ by at most one (the first `n_blocks % world` ranks get one more; a rank
+    gets none when `n_blocks < world`)."""
+    if not (_is_int(world) and world >= 1 and _is_int(rank) and 0 <= rank < world):
+        raise ValueError(f"share must be (rank, world) with 0 <= rank < world, got {(rank, world)}")
+    size, extra = divmod(n_blocks, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
 
 
 def _uniform_below(counts: Tensor, g: torch.Generator) -> Tensor:

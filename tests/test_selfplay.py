@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+import agents.selfplay as trainer
 import train.selfplay as selfplay
 from agents.backbones import make_backbone, save_weights
 from agents.checkpoint import load_run, read_checkpoint
+from agents.runs import stop_on_signal
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_run_directory_holds_config_logs_grids_and_checkpoints(folder, tmp_path)
 def run_with_sigterm_in_step(n: int, args: list[str]) -> int:
     """``selfplay.main(args)`` with SIGTERM arriving during training step ``n``; returns how
     many steps ran."""
-    real_step, calls = selfplay.train_step, []
+    real_step, calls = trainer.update, []
 
     def step_then_sigterm(*step_args, **kwargs):
         calls.append(1)
@@ -81,11 +83,11 @@ def run_with_sigterm_in_step(n: int, args: list[str]) -> int:
             signal.raise_signal(signal.SIGTERM)
         return real_step(*step_args, **kwargs)
 
-    selfplay.train_step = step_then_sigterm
+    trainer.update = step_then_sigterm
     try:
         selfplay.main(args)
     finally:
-        selfplay.train_step = real_step
+        trainer.update = real_step
     return len(calls)
 
 
@@ -189,7 +191,7 @@ def test_config_file_then_flags(tmp_path):
 
 
 def test_signal_handler_sets_a_flag_then_aborts():
-    with selfplay.stop_on_signal() as flag:
+    with stop_on_signal() as flag:
         signal.raise_signal(signal.SIGTERM)
         assert flag["signal"] == "SIGTERM"
         with pytest.raises(KeyboardInterrupt):
@@ -276,18 +278,24 @@ def trainer_view(folder, out, monkeypatch, *flags: str) -> dict:
     the loss options, the optimiser's learning rate at each step and its decay, the
     agents' structure and the first batch's games."""
     seen: dict = {"lr": []}
-    real = selfplay.train_step
+    real = trainer.update
 
-    def recording(sender, receiver, game, batch, optimizer, **kwargs):
+    def recording(model, batch, optimizer, **kwargs):
         seen["lr"].append(round(optimizer.param_groups[0]["lr"], 12))
+        sender, receiver, game, options = (
+            model.sender,
+            model.receiver,
+            model.game,
+            model.loss_options,
+        )
         if "game" not in seen:
-            net = kwargs["perceptual_net"]
+            net = options["perceptual_net"]
             params = [p for m in (sender, receiver) for p in m.parameters()]
             seen.update(
                 game=(game.game, game.n_candidates, game.n_lines, game.sigma2, game.invert,
                       game.image_size),
-                loss=(kwargs["loss"], kwargs["perceptual_coef"],
-                      tuple(kwargs["perceptual_weights"] or ()),
+                loss=(options["loss"], options["perceptual_coef"],
+                      tuple(options["perceptual_weights"] or ()),
                       type(net).__name__ if net is not None else None),
                 grad_clip=kwargs["grad_clip"],
                 decay=optimizer.param_groups[0]["weight_decay"],
@@ -299,11 +307,11 @@ def trainer_view(folder, out, monkeypatch, *flags: str) -> dict:
                 blocks=batch.candidate_ids.shape[0],
                 first_games=batch.candidate_ids.tolist(),
             )  # fmt: skip
-        return real(sender, receiver, game, batch, optimizer, **kwargs)
+        return real(model, batch, optimizer, **kwargs)
 
-    monkeypatch.setattr(selfplay, "train_step", recording)
+    monkeypatch.setattr(trainer, "update", recording)
     selfplay.main(tiny_args(folder, out, "--max-steps", "2", *flags))
-    monkeypatch.setattr(selfplay, "train_step", real)
+    monkeypatch.setattr(trainer, "update", real)
     return seen
 
 

@@ -50,10 +50,10 @@ from agents.experiment import make_game
 from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.losses import game_loss
 from agents.recognise import Recogniser, check_independent, shipped_recogniser
+from agents.selfplay import validation_batches
 from agents.trainer import autocast, play, select_device
 from sketchenv.game import GameBatch, SketchGame
 from train.flags import run_command
-from train.selfplay import validation_batches
 
 GREEN, RED = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
 

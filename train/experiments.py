@@ -56,6 +56,7 @@ from agents.pretrain import RESUMABLE as PRETRAIN_RESUMABLE
 from agents.pretrain import PretrainConfig, pretrain, pretrain_config, read_pretrain_checkpoint
 from agents.pretrain import resume_config as resume_pretraining
 from agents.runs import THREADS, THREADS_HELP
+from agents.selfplay import fit, resume_config
 from sketchenv.datasets import labels_of
 from train.flags import EXPERIMENTS_DIR, run_command
 
@@ -344,22 +345,16 @@ def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(config: SelfPlayConfig) -> str:
-    """Start or resume the run with ``train.selfplay``; returns its status afterwards."""
-    from train import selfplay
-
+    """Start or resume the run with :func:`agents.selfplay.fit`; returns its status afterwards."""
     status = run_status(config)
     if status == "finished":
         return status
-    out = make_folder(config.output)
     if status == "new":
-        settings = out / "experiment.json"  # JSON, not TOML: it can say null
-        write_atomic(settings, json.dumps(config.to_dict(), indent=2))
-        selfplay.main(["--config", str(settings)])
+        fit(config)
     else:  # resume exactly; only the options a resume may change are passed on
         changes = {k: getattr(config, k) for k in RESUMABLE_OVERRIDES}
-        settings = out / "resume.json"
-        write_atomic(settings, json.dumps(changes, indent=2))
-        selfplay.main(["--resume", str(out), "--config", str(settings)])
+        saved, payload = resume_config(config.output, changes)
+        fit(saved, resumed=payload)
     return run_status(config)
 
 

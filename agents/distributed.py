@@ -1,0 +1,75 @@
+"""Training on several processes with ``torchrun``: who this process is, and what they share.
+
+``torchrun --nproc-per-node N -m train.selfplay ...`` starts N processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`start` joins them into one process group
+(NCCL between GPUs, gloo between CPUs) and gives each its device (``cuda:LOCAL_RANK``
+on a GPU machine). Without ``torchrun`` it is one process and nothing is initialised.
+The backbones use GroupNorm, not BatchNorm, so no SyncBatchNorm is needed: the processes'
+models differ only by the games they play, and DDP averages their gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from agents.trainer import select_device
+
+STOP_REASONS = (None, "max_steps", "time_budget", "callback", "SIGTERM", "SIGINT")
+"""Why a run stops, least to most urgent; :meth:`Processes.agree` keeps the most urgent."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes (one, when not under torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes the run folder (logs, grids, checkpoints); the others only train."""
+        return self.rank == 0
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over all processes (unchanged with one process)."""
+        if self.world == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def agree(self, reason: str | None, device: torch.device) -> str | None:
+        """The most urgent of every process's reason to stop (see ``STOP_REASONS``), so all
+        stop after the same step (a signal or the time budget can reach them apart)."""
+        if self.world == 1:
+            return reason
+        code = torch.tensor([STOP_REASONS.index(reason)], device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return STOP_REASONS[int(code)]
+
+
+def start(device_name: str = "auto") -> tuple[Processes, torch.device]:
+    """Join the process group torchrun set up (if it did) and choose this process's device:
+    ``--device auto`` is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Processes(), select_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(rank, world), device
+
+
+def stop() -> None:
+    """Leave the process group (when :func:`start` joined one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
