@@ -166,9 +166,7 @@ class Trainer:
         # every process starts from the checkpoint's weights).
         if self.processes.world > 1:
             cuda = self.device.type == "cuda"
-            model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if cuda else None, broadcast_buffers=False
-            )
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
         self.model = model
 
         self.out = Path(config.output)
