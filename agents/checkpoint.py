@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from agents.config import SelfPlayConfig, config_from_dict
+from agents.config import LEGACY_VALUES, SelfPlayConfig, config_from_dict
 from agents.experiment import make_agents, make_game
 from agents.files import CorruptFileError, load_torch, save_torch
 from agents.models import Receiver, Sender
@@ -101,6 +101,8 @@ def read_checkpoint(path: str | Path, which: str = "best") -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{file} lacks {missing}: it is incomplete")
     payload["path"] = str(file)
+    if isinstance(payload["config"], dict):  # a config saved before a setting existed
+        payload["config"] = LEGACY_VALUES | payload["config"]
     return payload
 
 

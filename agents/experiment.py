@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from agents.backbones import default_weights
@@ -88,7 +89,7 @@ def make_agents(
     ``load_weights=False`` skips reading pretrained backbone weights (use it before
     loading a checkpoint, which holds every weight anyway).
     """
-    return build_agents(
+    sender, receiver = build_agents(
         image_size=(int(image_size[0]), int(image_size[1])),
         n_lines=config.lines,
         backbone=config.backbone,
@@ -104,3 +105,7 @@ def make_agents(
         score_scale=config.score_scale,
         load_weights=load_weights,
     )
+    if config.channels_last:  # convolutions then run in NHWC (inputs need no conversion)
+        sender.to(memory_format=torch.channels_last)
+        receiver.to(memory_format=torch.channels_last)
+    return sender, receiver

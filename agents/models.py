@@ -53,7 +53,11 @@ class Encoder(nn.Module):
                 f"got {tuple(images.shape)}; build the agents with the game's image size"
             )
         lead = images.shape[:-3]
-        maps = self.backbone(images.reshape(-1, *images.shape[-3:]))
+        return self.project(self.backbone(images.reshape(-1, *images.shape[-3:])), lead)
+
+    def project(self, maps: Tensor, lead: Sequence[int]) -> Tensor:
+        """The backbone's final maps ``[N, C, h, w]`` -> latents ``[*lead, latent_size]``
+        (for a trainer that has the maps already, e.g. from a feature cache)."""
         return self.projection(maps.flatten(1)).view(*lead, -1)
 
 

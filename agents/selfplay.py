@@ -32,6 +32,7 @@ from agents.callbacks import Callback, default_callbacks
 from agents.checkpoint import CheckpointError, game_settings, load_agent_weights, read_checkpoint
 from agents.config import RESUMABLE_OVERRIDES, SelfPlayConfig, config_from_dict
 from agents.experiment import fill_defaults, make_agents, make_game
+from agents.features import FeatureCache
 from agents.perceptual import default_tap_weights, make_perceptual_net
 from agents.runs import lr_factor, schedule_horizon, seeded_generator, set_threads, stop_on_signal
 from agents.trainer import GameLoss, Outcome, evaluate, update
@@ -88,7 +89,8 @@ class Trainer:
         self.processes, self.device = distributed.start(config.device)
         set_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.amp = config.amp and self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
+        self.amp = config.amp if cuda else config.cpu_bfloat16  # see agents.trainer.autocast
 
         # Games: the training split and a fixed set of validation games.
         self.game = make_game(config, "train")
@@ -143,6 +145,18 @@ class Trainer:
             perceptual_weights=config.perceptual_weights or (),
             perceptual_coef=config.perceptual_coef,
         )
+        backbone = self.receiver.encoder.backbone
+        frozen = not any(p.requires_grad for p in backbone.parameters())
+        fused = bool(model.taps) and self.game.game != "oo-different"  # has the maps anyway
+        if config.feature_cache_mb > 0 and frozen and not fused:
+            model.features = FeatureCache(
+                backbone,
+                len(self.game.labels),
+                self.game.image_size,
+                config.feature_cache_mb * 2**20,
+            )
+            if self.processes.main:
+                print(model.features.describe(), flush=True)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay

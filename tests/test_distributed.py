@@ -61,8 +61,13 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_train_as_one_with_the_same_global_batch(folder, tmp_path):
-    one = run(1, tmp_path / "one.pt", flags(folder, tmp_path / "one"))
-    two = run(2, tmp_path / "two.pt", flags(folder, tmp_path / "two"))
+    # Contiguous memory: channels-last convolutions round differently at each batch size
+    # and Adam amplifies that (3 % on gradient norms after 6 steps, measured; the
+    # first-step gradients agree as closely either way). The resume test below runs
+    # channels-last, the default.
+    contiguous = "--no-channels-last"
+    one = run(1, tmp_path / "one.pt", flags(folder, tmp_path / "one", contiguous))
+    two = run(2, tmp_path / "two.pt", flags(folder, tmp_path / "two", contiguous))
     # The first step starts from the same weights: the averaged gradients are the
     # single process's, to float rounding (relative to the largest gradient: some are
     # rounding noise themselves, such as a conv bias that GroupNorm all but cancels).

@@ -66,13 +66,15 @@ def test_select_device_refusals_name_the_fix(monkeypatch):
     assert str(err.value) == "--device cuda:0 asked for CUDA, but torch sees no CUDA device"
 
 
-def test_autocast_is_float16_on_cuda_only_when_enabled():
+def test_autocast_is_float16_on_cuda_and_bfloat16_on_cpu_only_when_enabled():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available": we only inspect it
         context = autocast(torch.device("cuda"), True)
     assert isinstance(context, torch.autocast)
     assert (context.device, context.fast_dtype) == ("cuda", torch.float16)
-    for device, enabled in [("cuda", False), ("cpu", True), ("cpu", False)]:
+    context = autocast(torch.device("cpu"), True)
+    assert (context.device, context.fast_dtype) == ("cpu", torch.bfloat16)
+    for device, enabled in [("cuda", False), ("cpu", False), ("meta", True)]:
         assert isinstance(autocast(torch.device(device), enabled), contextlib.nullcontext)
 
 

@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         receiver_run = load_run(args.receiver_from, device=device, which=args.checkpoint)
         check_pairing(run, receiver_run)
     sender, receiver = run.sender, receiver_run.receiver
-    amp = run.config.amp and device.type == "cuda"
+    amp = run.config.amp if device.type == "cuda" else run.config.cpu_bfloat16
 
     # Which games: the split, the variant, the number of candidates, the batches.
     game = evaluation_game(run, args)

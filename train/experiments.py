@@ -45,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from agents.backbones import default_weights, describe_weights, read_weights
 from agents.checkpoint import CheckpointError, load_run, read_checkpoint
 from agents.config import (
+    LEGACY_VALUES,
     RESUMABLE_OVERRIDES,
     SelfPlayConfig,
     config_from_dict,
@@ -314,7 +315,7 @@ def run_status(config: SelfPlayConfig) -> str:
     differ = [
         k
         for k, v in wanted.items()
-        if k not in RESUMABLE_OVERRIDES and v is not None and saved.get(k) != v
+        if k not in (*RESUMABLE_OVERRIDES, *LEGACY_VALUES) and v is not None and saved.get(k) != v
     ]
     if differ:
         raise ValueError(
