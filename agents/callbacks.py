@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
@@ -87,11 +88,15 @@ class RunFolder(Callback):
 
 
 class Checkpoints(Callback):
-    """``last.pt`` after every epoch and on interrupt, ``best.pt`` when validation improves."""
+    """``trainer.state()`` to ``last.pt`` after every epoch and on interrupt, and with
+    ``best`` to ``best.pt`` when validation improves (``trainer.best``)."""
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+    def __init__(self, best: bool = True) -> None:
+        self.best = best
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any] | None) -> None:
         save_checkpoint(trainer.out / "last.pt", trainer.state())
-        if trainer.best["step"] == trainer.step:
+        if self.best and trainer.best["step"] == trainer.step:
             save_checkpoint(trainer.out / "best.pt", trainer.state())
 
     def on_interrupt(self, trainer: Trainer) -> None:
@@ -101,8 +106,11 @@ class Checkpoints(Callback):
 class MetricsCSV(Callback):
     """``metrics.csv``: one row per validation pass (the whole history, rewritten atomically)."""
 
-    def on_validation_end(self, trainer: Trainer, row: dict, first: tuple) -> None:
-        write_csv(trainer.out / "metrics.csv", trainer.history, CSV_FIELDS)
+    def __init__(self, fields: Sequence[str] = CSV_FIELDS) -> None:
+        self.fields = fields
+
+    def on_validation_end(self, trainer: Trainer, row: dict, first: tuple | None) -> None:
+        write_csv(trainer.out / "metrics.csv", trainer.history, self.fields)
 
 
 class SketchGrids(Callback):

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from agents.trainer import select_device
+from sketchenv.game import share_blocks
 
 STOP_REASONS = (None, "max_steps", "time_budget", "callback", "SIGTERM", "SIGINT")
 """Why a run stops, least to most urgent; :meth:`Processes.agree` keeps the most urgent."""
@@ -42,6 +44,23 @@ class Processes:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def gather(self, items: list) -> list:
+        """Every process's ``items`` (picklable), concatenated in rank order, on every
+        process (``items`` itself with one process)."""
+        if self.world == 1:
+            return items
+        everyone: list[list] = [[] for _ in range(self.world)]
+        dist.all_gather_object(everyone, items)
+        return [item for part in everyone for item in part]
+
+    def gather_rows(self, rows: Tensor, total: int) -> Tensor:
+        """This process's ``rows`` (its :func:`~sketchenv.game.share_blocks` share of
+        ``total``) and every other process's, concatenated in rank order; the gradient of
+        each process's rows comes back to it (unchanged with one process)."""
+        if self.world == 1:
+            return rows
+        return _GatherRows.apply(rows, total, self.rank, self.world)
+
     def agree(self, reason: str | None, device: torch.device) -> str | None:
         """The most urgent of every process's reason to stop (see ``STOP_REASONS``), so all
         stop after the same step (a signal or the time budget can reach them apart)."""
@@ -50,6 +69,27 @@ class Processes:
         code = torch.tensor([STOP_REASONS.index(reason)], device=device)
         dist.all_reduce(code, op=dist.ReduceOp.MAX)
         return STOP_REASONS[int(code)]
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of unequal shares of rows, with the backward that sums the processes'
+    gradients (each computes its own loss on the gathered rows) and keeps its share."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, total: int, rank: int, world: int) -> Tensor:
+        sizes = [len(range(total)[share_blocks(total, r, world)]) for r in range(world)]
+        padded = rows.new_zeros(max(sizes), *rows.shape[1:])
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        ctx.share = share_blocks(total, rank, world)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.share], None, None, None
 
 
 def start(device_name: str = "auto") -> tuple[Processes, torch.device]:

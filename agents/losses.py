@@ -35,14 +35,22 @@ def perceptual_distance(
 
     Per layer: unit-normalise over channels at each position, squared difference, sum over
     channels, mean over positions; then the weighted sum over layers (SPEC section 3).
+    The squared difference is expanded, |â|² + |b̂|² - 2 â·b̂, so that ``b``'s (the
+    sketches', which get gradients) normalised maps are never formed: half the time and
+    memory of the direct form at VGG16's large early layers, equal to float rounding.
     """
     if not len(features_a) == len(features_b) == len(weights):
         raise ValueError("perceptual_distance needs one weight per pair of feature maps")
     total = features_a[0].new_zeros(features_a[0].shape[0])
     for a, b, w in zip(features_a, features_b, weights, strict=True):
-        a = a / (a.norm(dim=1, keepdim=True) + 1e-10)
-        b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
-        total = total + w * (a - b).pow(2).sum(dim=1).mean(dim=(1, 2))
+        a_unit = a / (a.norm(dim=1, keepdim=True) + 1e-10)
+        b_norm = b.norm(dim=1) + 1e-10
+        squared = (
+            a_unit.pow(2).sum(dim=1)
+            + ((b_norm - 1e-10) / b_norm).pow(2)
+            - 2 * (a_unit * b).sum(dim=1) / b_norm
+        )
+        total = total + w * squared.mean(dim=(1, 2))
     return total
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,12 +27,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
+from agents import distributed
 from agents.augment import AUGMENTATIONS
 from agents.backbones import BACKBONES, make_backbone, save_weights
-from agents.checkpoint import CheckpointError, save_checkpoint
+from agents.callbacks import Callback, Checkpoints, MaxSteps, MetricsCSV, TimeBudget
+from agents.checkpoint import CheckpointError
 from agents.config import dataclass_from_mapping, option
+from agents.distributed import Processes
 from agents.experiment import make_split
 from agents.files import (
     CorruptFileError,
@@ -40,22 +46,20 @@ from agents.files import (
     remove_stray_temporaries,
     write_atomic,
 )
+from agents.loop import Loop
 from agents.methods import METHODS, make_method, pool
 from agents.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from agents.runs import (
     THREADS,
     THREADS_HELP,
-    epoch_bar,
     lr_factor,
     schedule_horizon,
     seeded_generator,
     set_threads,
-    stop_on_signal,
-    stop_reason_now,
-    write_csv,
 )
-from agents.trainer import autocast, select_device
+from agents.trainer import autocast
 from sketchenv.datasets.cache import ImageCache, check_memory
+from sketchenv.game import share_blocks
 
 FORMAT = "sketchenv-pretrain"
 VERSION = 1
@@ -195,235 +199,361 @@ def probe(
     }
 
 
-def pretrain(config: PretrainConfig, resumed: dict | None = None) -> dict[str, Any]:
-    """Pretrain and write the run folder; returns the last probe metrics. ``resumed`` is
-    a checkpoint from :func:`resume_config` to continue exactly."""
-    start_time = time.monotonic()
-    set_threads(config.threads)
+class PretrainLoss(nn.Module):
+    """The backbone and the method's head as one module (what DDP wraps). Each process
+    encodes its share of a batch's views; the pooled features of all processes are
+    gathered (gradients flow back to each share) and every process computes the
+    method's loss on the whole batch, so batch-level objectives (Barlow Twins'
+    correlations, SimCLR's negatives) and the heads' BatchNorm see the global batch, as
+    with one process. The backbones use GroupNorm: per image, nothing to synchronise."""
 
-    # Seeding and device: one --seed fixes the weights, data order and every view.
-    torch.manual_seed(config.seed)
-    device = select_device(config.device)
-    use_amp = config.amp and device.type == "cuda"
+    def __init__(self, backbone: nn.Module, method: nn.Module, processes: Processes) -> None:
+        super().__init__()
+        self.backbone, self.method, self.processes = backbone, method, processes
 
-    # Data: the training split for learning, the validation split for the probes.
-    if config.image_size is not None:  # two views of every image in a batch, and the work
-        check_memory(config.image_size, 2 * config.batch_size)
-    train, val = load_dataset(config, "train"), load_dataset(config, "val")
-    image_size = list(train.image_size)
-    n_classes = int(max(train.labels.max(), val.labels.max())) + 1
-    if len(train) < config.batch_size:
-        raise ValueError(
-            f"the training split has {len(train)} images, fewer than --batch-size "
-            f"{config.batch_size}: lower the batch size"
+    def forward(self, views: list[Tensor], labels: Tensor) -> Tensor:
+        share = share_blocks(len(labels), self.processes.rank, self.processes.world)
+        features = [
+            self.processes.gather_rows(pool(self.backbone(v[share])).float(), len(labels))
+            for v in views
+        ]
+        return self.method(features, labels)
+
+
+class Pretraining(Loop):
+    """One pretraining run from ``config`` (and ``resumed``, a checkpoint from
+    :func:`resume_config`, to continue it exactly); :meth:`fit` trains it (the loop of
+    :class:`agents.loop.Loop`, as self-play's), probing every ``probe_every`` epochs."""
+
+    def __init__(
+        self,
+        config: PretrainConfig,
+        callbacks: Sequence[Callback] | None = None,
+        resumed: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.resumed = resumed
+        set_threads(config.threads)
+
+        # Processes, seeding and device: one --seed fixes the weights, data order and views.
+        self.processes, self.device = distributed.start(config.device)
+        torch.manual_seed(config.seed)
+        self.amp = config.amp and self.device.type == "cuda"
+
+        # Data: the training split for learning, the validation split for the probes.
+        if config.image_size is not None:  # two views of every image in a batch, and the work
+            check_memory(config.image_size, 2 * config.batch_size)
+        self.train_split, self.val_split = (
+            load_dataset(config, "train"),
+            load_dataset(config, "val"),
         )
-    steps_per_epoch = len(train) // config.batch_size  # whole batches only (BatchNorm heads)
-    total_steps = schedule_horizon(config.epochs, steps_per_epoch, resumed)  # cosine
-    augment = dataclasses.replace(AUGMENTATIONS[config.method], drawing_p=config.drawings)
+        train = self.train_split
+        self.image_size = list(train.image_size)
+        self.n_classes = int(max(train.labels.max(), self.val_split.labels.max())) + 1
+        if len(train) < config.batch_size:
+            raise ValueError(
+                f"the training split has {len(train)} images, fewer than --batch-size "
+                f"{config.batch_size}: lower the batch size"
+            )
+        self.steps_per_epoch = len(train) // config.batch_size  # whole batches (BatchNorm heads)
+        self.total_steps = schedule_horizon(config.epochs, self.steps_per_epoch, resumed)
+        self.augment = dataclasses.replace(AUGMENTATIONS[config.method], drawing_p=config.drawings)
 
-    # The backbone (VGG16 sees ImageNet-normalised images, as its consumers will feed it)
-    # and the method's head, trained together.
-    normalisation_of = "imagenet" if config.backbone == "vgg16" else "none"
-    backbone = make_backbone(
-        config.backbone, normalisation_of, width=config.backbone_width, load=False
-    ).to(device)
-    feature_size = backbone.output_shape(tuple(image_size))[0]
-    method = make_method(config.method, feature_size, n_classes).to(device)
-    modules = nn.ModuleDict({"backbone": backbone, "method": method})
-    optimizer = torch.optim.AdamW(
-        modules.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, "cosine")
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+        # The backbone (VGG16 sees ImageNet-normalised images, as its consumers will feed
+        # it) and the method's head, trained together.
+        normalisation_of = "imagenet" if config.backbone == "vgg16" else "none"
+        self.backbone = make_backbone(
+            config.backbone, normalisation_of, width=config.backbone_width, load=False
+        ).to(self.device)
+        feature_size = self.backbone.output_shape(tuple(self.image_size))[0]
+        self.method = make_method(config.method, feature_size, self.n_classes).to(self.device)
+        self.modules = nn.ModuleDict({"backbone": self.backbone, "method": self.method})
+        self.optimizer = torch.optim.AdamW(
+            self.modules.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup_steps, self.total_steps, "cosine")
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
 
-    # Resume: weights, optimiser, schedule, position in the data, history.
-    epoch, batch_start, step, history, metrics = 0, 0, 0, [], {}
-    loss_sum, n_steps = 0.0, 0  # of the epoch under way (restored with it)
-    if resumed is not None:
+        # Where the run is (restored on resume), then DDP over the processes.
+        self.history: list[dict[str, Any]] = []
+        self.metrics: dict[str, float] = {}
+        self.sums = {"loss": 0.0}
+        if resumed is not None:
+            self._restore(resumed)
+        model: nn.Module = PretrainLoss(self.backbone, self.method, self.processes)
+        if self.processes.world > 1:
+            cuda = self.device.type == "cuda"
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
+        self.model = model
+
+        self.out = run_folder(config)
+        self.config = dataclasses.replace(
+            config, output=str(self.out), image_size=self.image_size[0]
+        )
+        self.derived = {
+            "train_images": len(train),
+            "val_images": len(self.val_split),
+            "classes": self.n_classes,
+            "steps_per_epoch": self.steps_per_epoch,
+            "augment": dataclasses.asdict(self.augment),
+            "device": str(self.device),
+            "processes": self.processes.world,
+            "torch": torch.__version__,
+        }
+        if callbacks is None:
+            callbacks = default_callbacks(self.config, self.processes.main)
+        self.callbacks = list(callbacks)
+
+    def _restore(self, resumed: dict[str, Any]) -> None:
+        """Weights, optimiser, schedule, position in the data, history, running sums."""
         try:
-            modules.load_state_dict(resumed["modules"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
+            self.modules.load_state_dict(resumed["modules"])
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            self.scheduler.load_state_dict(resumed["scheduler"])
+            self.scaler.load_state_dict(resumed["scaler"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{resumed['path']}: cannot restore its state: {err}") from err
         progress = resumed["progress"]
-        epoch, batch_start, step = progress["epoch"], progress["batch"], progress["step"]
-        history, metrics = resumed["history"], resumed["metrics"]
-        loss_sum, n_steps = progress.get("loss_sum", 0.0), progress.get("n_steps", 0)
+        self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
+        self.history, self.metrics = resumed["history"], resumed["metrics"]
+        self.sums = {"loss": progress.get("loss_sum", 0.0)}
+        self.n_steps = progress.get("n_steps", 0)
 
-    # Output directory.
-    out = run_folder(config)
-    if resumed is None and (out / "last.pt").exists():
-        raise FileExistsError(
-            f"{out} already holds a run; continue it with --resume {out} or pick another --output"
-        )
-    make_folder(out)
-    remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
-    config = dataclasses.replace(config, output=str(out), image_size=image_size[0])
-    write_atomic(
-        out / "config.json",
-        json.dumps(
-            {
-                "config": config.to_dict(),
-                "derived": {
-                    "train_images": len(train),
-                    "val_images": len(val),
-                    "classes": n_classes,
-                    "steps_per_epoch": steps_per_epoch,
-                    "augment": dataclasses.asdict(augment),
-                    "device": str(device),
-                    "torch": torch.__version__,
-                },
+    def state(self) -> dict[str, Any]:
+        """Everything ``last.pt`` holds: weights, optimiser, schedule and position."""
+        return {
+            "format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
+            "modules": self.modules.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "progress": {
+                "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "schedule_steps": self.total_steps, "loss_sum": self.sums["loss"],
+                "n_steps": self.n_steps,
             },
-            indent=2,
-        ).encode(),
-    )
-    writer = SummaryWriter(str(out / "tb"), purge_step=step if resumed else None)
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            out / "last.pt",
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "config": config.to_dict(),
-                "modules": modules.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "progress": {
-                    "epoch": epoch,
-                    "batch": batch_start,
-                    "step": step,
-                    "schedule_steps": total_steps,
-                    "loss_sum": loss_sum,
-                    "n_steps": n_steps,
-                },
-                "history": history,
-                "metrics": metrics,
-            },
-        )
-
-    def measure(loss: float | None) -> dict[str, float]:
-        """Probe the backbone, log it, and (after training steps) write ``weights.pt``."""
-        scores = probe(backbone, train, val, device, config.probe_images)
-        for key, value in scores.items():
-            writer.add_scalar(f"val/{key}", value, step)
-        row = {
-            "epoch": epoch, "step": step, "images": step * config.batch_size,
-            "seconds": round(time.monotonic() - start_time, 1),
-            "lr": scheduler.get_last_lr()[0], "loss": loss, **scores,
+            "history": self.history, "metrics": self.metrics,
         }  # fmt: skip
-        history.append(row)
-        write_csv(out / "metrics.csv", history, CSV_FIELDS)
-        if step == 0:
-            return scores
+
+    def begin(self) -> None:
+        """A new run first probes its random weights: the baseline every method must beat."""
+        if self.resumed is None and self.step == 0:
+            self.validate(None)
+
+    def epoch_batches(self) -> Tensor:
+        """The epoch's batches of image ids (a seeded order; the same for every process)."""
+        self.model.train()
+        order = torch.randperm(
+            len(self.train_split), generator=seeded_generator(self.config.seed, self.epoch)
+        )
+        return order[: self.steps_per_epoch * self.config.batch_size].view(self.steps_per_epoch, -1)
+
+    def train_step(self, ids: Tensor, index: int) -> dict[str, float]:
+        """Views of the batch (each process makes them all, then encodes its share), the
+        method's loss, one AdamW step."""
+        c, device = self.config, self.device
+        images = self.train_split.images(ids)
+        if device.type == "cuda":
+            images = images.pin_memory()
+        images = images.to(device, non_blocking=True).float().div_(255)
+        labels = self.train_split.labels[ids].to(device)
+        views_rng = seeded_generator(c.seed, 1 + self.epoch, self.step)  # the same after resume
+        views = [self.augment(images, views_rng) for _ in range(self.method.n_views)]
+        with autocast(device, self.amp):
+            loss = self.model(views, labels)
+        if not math.isfinite(loss.item()):  # before the step: last.pt stays sound
+            raise FloatingPointError(
+                f"the {c.method} loss became {loss.item()} at step {self.step}: "
+                "lower --lr or keep --grad-clip on"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.modules.parameters(), c.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+
+    def end_epoch(self) -> None:
+        """Probe when due (every ``probe_every`` epochs and at the end), then the hooks."""
+        finished = self.epoch >= self.config.epochs or self.stop_reason is not None
+        due = self.batch == 0 and self.epoch % self.config.probe_every == 0
+        loss = self.epoch_means()["loss"]
+        row = self.validate(loss) if finished or due else None
+        self.call("on_epoch_end", row)
+
+    def validate(self, loss: float | None) -> dict[str, Any]:
+        """Linear probe and k-NN on the validation split (the main process; the others
+        wait at their next step), a history row, and the validation hooks."""
+        scores = {}
+        if self.processes.main:
+            scores = probe(
+                self.backbone,
+                self.train_split,
+                self.val_split,
+                self.device,
+                self.config.probe_images,
+            )
+        if self.step > 0:  # the random weights' baseline is history, not a result
+            self.metrics = scores
+        row = {
+            "epoch": self.epoch, "step": self.step, "images": self.step * self.config.batch_size,
+            "seconds": round(time.monotonic() - self.start_time, 1),
+            "lr": self.scheduler.get_last_lr()[0], "loss": loss, **scores,
+        }  # fmt: skip
+        self.history.append(row)
+        self.call("on_validation_end", row, None)
+        return row
+
+
+def pretrain(
+    config: PretrainConfig,
+    resumed: dict | None = None,
+    callbacks: Sequence[Callback] | None = None,
+) -> dict[str, Any]:
+    """Pretrain and write the run folder; returns the last probe metrics (linear probe and
+    k-NN accuracy, on the main process). ``resumed`` is
+    a checkpoint from :func:`resume_config` to continue exactly; ``callbacks`` replace
+    :func:`default_callbacks`."""
+    return Pretraining(config, callbacks, resumed).fit()
+
+
+# ----- what a pretraining run does besides training (see agents.callbacks) --------------------
+class PretrainFolder(Callback):
+    """Makes the run folder and writes ``config.json``; refuses to start over a run."""
+
+    def on_fit_start(self, trainer: Pretraining) -> None:
+        out = trainer.out
+        if trainer.resumed is None and (out / "last.pt").exists():
+            raise FileExistsError(
+                f"{out} already holds a run; continue it with --resume {out} or pick another --output"
+            )
+        make_folder(out)
+        remove_stray_temporaries(out)  # of a write killed mid-way (the real files are whole)
+        info = {"config": trainer.config.to_dict(), "derived": trainer.derived}
+        write_atomic(out / "config.json", json.dumps(info, indent=2).encode())
+
+
+class WeightsFile(Callback):
+    """``weights.pt`` at every probe after training steps: the backbone and what made it."""
+
+    def on_validation_end(self, trainer: Pretraining, row: dict, first: None) -> None:
+        if trainer.step == 0:
+            return
+        c, train = trainer.config, trainer.train_split
+        classes = getattr(train.dataset, "classes", range(trainer.n_classes))
         save_weights(
-            out / "weights.pt",
-            backbone,
+            trainer.out / "weights.pt",
+            trainer.backbone,
             {
-                "method": config.method,
-                "dataset": config.dataset,
-                "image_size": image_size,
-                "width": config.backbone_width if config.backbone == "small" else None,
-                "epochs": epoch,
-                "steps": step,
-                "seed": config.seed,
-                "probe": {**scores, "split": "val"},
-                "classes": [str(c) for c in getattr(train.dataset, "classes", range(n_classes))],
-                "config": config.to_dict(),
+                "method": c.method,
+                "dataset": c.dataset,
+                "image_size": trainer.image_size,
+                "width": c.backbone_width if c.backbone == "small" else None,
+                "epochs": trainer.epoch,
+                "steps": trainer.step,
+                "seed": c.seed,
+                "probe": {**trainer.metrics, "split": "val"},
+                "classes": [str(name) for name in classes],
+                "config": c.to_dict(),
                 "torch": str(torch.__version__),
                 "created": datetime.now().isoformat(timespec="seconds"),
             },
-            classifier=method.classifier.state_dict() if config.method == "supervised" else None,
+            classifier=trainer.method.classifier.state_dict() if c.method == "supervised" else None,
         )
-        return scores
 
-    print(
-        f"run dir {out} | {config.method} on {config.dataset} ({len(train)} images, "
-        f"{image_size[0]} px) | device {device} | {steps_per_epoch} steps/epoch x "
-        f"{config.epochs} epochs" + (f" | resuming at step {step}" if resumed else ""),
-        flush=True,
-    )
-    if resumed is None:  # the baseline every method must beat: random weights
-        baseline = measure(None)
+
+class PretrainLog(Callback):
+    """TensorBoard (``tb/``: loss, gradient norm and LR every ``log_every`` steps, the
+    probes), a progress bar per epoch and one line per probe."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.writer: SummaryWriter | None = None
+        self.bar: tqdm | None = None
+
+    def on_fit_start(self, trainer: Pretraining) -> None:
+        c, purge = trainer.config, trainer.step if trainer.resumed else None
+        self.writer = SummaryWriter(str(trainer.out / "tb"), purge_step=purge)
         print(
-            f"random weights: linear probe {baseline['linear_probe']:.3f} k-NN {baseline['knn']:.3f}"
+            f"run dir {trainer.out} | {c.method} on {c.dataset} ({len(trainer.train_split)} "
+            f"images, {trainer.image_size[0]} px) | device {trainer.device} | "
+            f"{trainer.processes.world} process(es) | {trainer.steps_per_epoch} steps/epoch x "
+            f"{c.epochs} epochs"
+            + (f" | resuming at step {trainer.step}" if trainer.resumed else ""),
+            flush=True,
         )
-    stop_reason = None
-    with stop_on_signal() as interrupted:
 
-        def should_stop(after_step: bool = True) -> str | None:
-            return stop_reason_now(interrupted, config, step, start_time, after_step)
+    def on_epoch_start(self, trainer: Pretraining) -> None:
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch, initial=trainer.batch, disable=None,
+            desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}", dynamic_ncols=True,
+        )  # fmt: skip
 
-        while epoch < config.epochs and (stop_reason := should_stop(after_step=False)) is None:
-            modules.train()
-            order = torch.randperm(len(train), generator=seeded_generator(config.seed, epoch))
-            batches = order[: steps_per_epoch * config.batch_size].view(steps_per_epoch, -1)
-            bar = epoch_bar(batches, batch_start, steps_per_epoch, epoch, config.epochs)
-            for ids in bar:
-                images = train.images(ids)
-                if device.type == "cuda":
-                    images = images.pin_memory()
-                images = images.to(device, non_blocking=True).float().div_(255)
-                labels = train.labels[ids].to(device)
-                views_rng = seeded_generator(config.seed, 1 + epoch, step)  # same after resume
-                views = [augment(images, views_rng) for _ in range(method.n_views)]
-                with autocast(device, use_amp):
-                    loss = method([pool(backbone(v)).float() for v in views], labels)
-                if not math.isfinite(loss.item()):  # before the step: last.pt stays sound
-                    raise FloatingPointError(
-                        f"the {config.method} loss became {loss.item()} at step {step}: "
-                        "lower --lr or keep --grad-clip on"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(
-                    modules.parameters(), config.grad_clip or float("inf")
-                )
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step, batch_start, n_steps = step + 1, batch_start + 1, n_steps + 1
-                loss_sum += loss.item()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if step % config.log_every == 0:
-                    writer.add_scalar("train/loss", loss.item(), step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                if stop_reason := should_stop():
-                    break
-            bar.close()
-            signalled = stop_reason in ("SIGINT", "SIGTERM")
-            if signalled and batch_start < steps_per_epoch:
-                checkpoint()  # interrupted mid-epoch: save at once, no probe
-                print(f"stopped ({stop_reason}) at step {step}; resume with --resume {out}")
-                break
-            # The epoch is done (or stopped by a budget): probe when due, save.
-            if batch_start >= steps_per_epoch:
-                epoch, batch_start = epoch + 1, 0
-            finished = epoch >= config.epochs or stop_reason is not None
-            if finished or (batch_start == 0 and epoch % config.probe_every == 0):
-                metrics = measure(loss_sum / max(1, n_steps))
-                print(
-                    f"epoch {epoch}/{config.epochs} step {step}: loss {loss_sum / max(1, n_steps):.4f}"
-                    f" | linear probe {metrics['linear_probe']:.3f} k-NN {metrics['knn']:.3f}"
-                    f" | {time.monotonic() - start_time:.0f}s"
-                    + (f" | stopped: {stop_reason}" if stop_reason else ""),
-                    flush=True,
-                )
-            if batch_start == 0:
-                loss_sum, n_steps = 0.0, 0
-            checkpoint()
-            if signalled:
-                print(f"resume with --resume {out}", flush=True)
-            if stop_reason:
-                break
-    writer.close()
-    if metrics:
-        print(f"weights file {out / 'weights.pt'}", flush=True)
-    return metrics
+    def on_step_end(self, trainer: Pretraining, stats: dict[str, float]) -> None:
+        self.bar.update()
+        self.bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        if trainer.step % self.log_every == 0:
+            for key, value in stats.items():
+                self.writer.add_scalar(f"train/{key}", value, trainer.step)
+            self.writer.add_scalar("train/lr", trainer.scheduler.get_last_lr()[0], trainer.step)
+
+    def on_validation_end(self, trainer: Pretraining, row: dict, first: None) -> None:
+        self._close_bar()
+        for key in ("linear_probe", "knn"):
+            self.writer.add_scalar(f"val/{key}", row[key], trainer.step)
+        scores = f"linear probe {row['linear_probe']:.3f} k-NN {row['knn']:.3f}"
+        if trainer.step == 0:
+            print(f"random weights: {scores}", flush=True)
+            return
+        print(
+            f"epoch {trainer.epoch}/{trainer.config.epochs} step {trainer.step}: loss "
+            f"{row['loss']:.4f} | {scores} | {row['seconds']:.0f}s"
+            + (f" | stopped: {trainer.stop_reason}" if trainer.stop_reason else ""),
+            flush=True,
+        )
+
+    def on_epoch_end(self, trainer: Pretraining, row: dict | None) -> None:
+        self._close_bar()
+        if trainer.stop_reason in ("SIGINT", "SIGTERM"):
+            print(f"resume with --resume {trainer.out}", flush=True)
+
+    def on_interrupt(self, trainer: Pretraining) -> None:
+        self._close_bar()
+        print(
+            f"stopped ({trainer.stop_reason}) at step {trainer.step}; resume with --resume "
+            f"{trainer.out}",
+            flush=True,
+        )
+
+    def on_fit_end(self, trainer: Pretraining, metrics: dict) -> None:
+        self._close_bar()
+        if self.writer is not None:
+            self.writer.close()
+        if metrics:
+            print(f"weights file {trainer.out / 'weights.pt'}", flush=True)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def default_callbacks(config: PretrainConfig, main_process: bool = True) -> list[Callback]:
+    """What ``python -m train.pretrain`` runs with: the stopping rules the config asks for,
+    and on the main process the run folder, log, metrics, weights file and ``last.pt``."""
+    callbacks: list[Callback] = []
+    if config.max_steps is not None:
+        callbacks.append(MaxSteps(config.max_steps))
+    if config.time_budget is not None:
+        callbacks.append(TimeBudget(config.time_budget))
+    if main_process:
+        callbacks += [
+            PretrainFolder(),
+            PretrainLog(config.log_every),
+            MetricsCSV(CSV_FIELDS),
+            WeightsFile(),
+            Checkpoints(best=False),
+        ]
+    return callbacks

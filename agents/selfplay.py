@@ -33,10 +33,11 @@ from agents.checkpoint import CheckpointError, game_settings, load_agent_weights
 from agents.config import RESUMABLE_OVERRIDES, SelfPlayConfig, config_from_dict
 from agents.experiment import fill_defaults, make_agents, make_game
 from agents.features import FeatureCache
+from agents.loop import Loop
 from agents.perceptual import default_tap_weights, make_perceptual_net
-from agents.runs import lr_factor, schedule_horizon, seeded_generator, set_threads, stop_on_signal
+from agents.runs import lr_factor, schedule_horizon, seeded_generator, set_threads
 from agents.trainer import GameLoss, Outcome, evaluate, update
-from sketchenv.game import GameBatch, SketchGame
+from sketchenv.game import GameBatch, SketchGame, share_blocks
 
 STATS = ("loss", "comm_rate", "class_rate")  # averaged over an epoch's steps
 
@@ -72,9 +73,10 @@ def validation_batches(
             yield batch
 
 
-class Trainer:
+class Trainer(Loop):
     """One self-play run, built from ``config`` (and ``resumed``, a checkpoint from
-    :func:`resume_config`, to continue it exactly); :meth:`fit` trains it."""
+    :func:`resume_config`, to continue it exactly); :meth:`fit` trains it (the loop of
+    :class:`agents.loop.Loop`: one step per batch of games, validation every epoch)."""
 
     def __init__(
         self,
@@ -82,7 +84,7 @@ class Trainer:
         callbacks: Sequence[Callback] | None = None,
         resumed: dict[str, Any] | None = None,
     ) -> None:
-        self.start_time = time.monotonic()
+        super().__init__()
         self.resumed = resumed
 
         # Processes, seeding and device: one seed fixes initial weights and every game.
@@ -97,16 +99,16 @@ class Trainer:
         config = fill_defaults(config, self.game)  # the saved config leaves nothing to defaults
         self.val_game = make_game(config, "val")
         blocks = config.batch_size // self.game.n_candidates
-        if blocks < self.processes.world:
-            n, world = self.game.n_candidates, self.processes.world
+        if blocks < 1:
             raise ValueError(
                 f"--batch-size {config.batch_size} is less than one block of this game "
-                f"({n} games, one per candidate) per process ({world}): use at least {world * n}"
-                if world > 1
-                else f"--batch-size {config.batch_size} is less than one block of this game "
-                f"({n} games, one per candidate): use at least {n}"
+                f"({self.game.n_candidates} games, one per candidate): use at least "
+                f"{self.game.n_candidates}"
             )
         self.blocks_per_batch = blocks
+        # Processes share a step's blocks; with fewer blocks than processes (the paper's
+        # 100 games are one block), each block's games instead (all see its candidates).
+        self.share_games = blocks < self.processes.world
         self.steps_per_epoch = math.ceil(self.game.blocks_per_epoch / blocks)
         # The LR schedule's horizon (not max_steps), laid out by the run's first --epochs.
         self.total_steps = schedule_horizon(
@@ -169,11 +171,10 @@ class Trainer:
 
         # Where the run is: position in the data, history, best validation, and the
         # running sums of the epoch under way; all restored on resume.
-        self.epoch, self.batch, self.step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self.best = {"val_comm_rate": -1.0, "step": -1}
         self.metrics: dict[str, float] = {}
-        self.sums, self.n_steps = dict.fromkeys(STATS, 0.0), 0
+        self.sums = dict.fromkeys(STATS, 0.0)
         if resumed is not None:
             self._restore(resumed)
         # Under torchrun, DDP averages the processes' gradients (after the resume, so
@@ -198,7 +199,6 @@ class Trainer:
         if callbacks is None:
             callbacks = default_callbacks(config, self.processes.main)
         self.callbacks = list(callbacks)
-        self.stop_reason: str | None = None
 
     def _restore(self, resumed: dict[str, Any]) -> None:
         """Weights, optimiser, schedule, RNG, position, history and running sums."""
@@ -248,67 +248,25 @@ class Trainer:
             "metrics": self.metrics,
         }  # fmt: skip
 
-    def stop(self, reason: str = "callback") -> None:
-        """End training after the current step (callbacks call this)."""
-        self.stop_reason = self.stop_reason or reason
-
-    def _call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
-
-    def fit(self) -> dict[str, float]:
-        """Train until ``config.epochs`` (or a stop); returns the last validation metrics."""
-        c, processes = self.config, self.processes
-        try:
-            self._call("on_fit_start")
-            if (self.epoch >= c.epochs or self.stop_reason) and processes.main:
-                print(
-                    f"nothing to do: {self.out} is at step {self.step} (epoch {self.epoch}/"
-                    f"{c.epochs}); raise --epochs (up to the schedule's) or --max-steps to "
-                    "train further",
-                    flush=True,
-                )
-            with stop_on_signal() as interrupted:
-                while self.epoch < c.epochs and not self.stop_reason:
-                    self._train_epoch(interrupted)
-                    if self.stop_reason in ("SIGINT", "SIGTERM") and self.batch > 0:
-                        self._call("on_interrupt")  # stopped mid-epoch: save at once
-                        break
-                    self._end_epoch()
-        finally:
-            self._call("on_fit_end", self.metrics)
-        return self.metrics
-
-    def _train_epoch(self, interrupted: dict) -> None:
-        """The steps of one epoch from ``self.batch`` on, until its end or a stop."""
+    def epoch_batches(self) -> Iterator[GameBatch]:
+        """This process's share of the epoch's batches (all blocks when it shares games)."""
         self.model.train()
-        share = (self.processes.rank, self.processes.world)
+        share = (0, 1) if self.share_games else (self.processes.rank, self.processes.world)
         epoch_rng = seeded_generator(self.config.seed, self.epoch)
-        batches = self.game.epoch(self.blocks_per_batch, epoch_rng, share=share)
-        self._call("on_epoch_start")
-        for index, batch in enumerate(batches):
-            if index < self.batch:
-                continue  # done before the resume
-            stats = self._step(batch, index)
-            self.step, self.batch, self.n_steps = self.step + 1, self.batch + 1, self.n_steps + 1
-            for key in STATS:
-                self.sums[key] += stats["loss/total" if key == "loss" else key]
-            self._call("on_step_end", stats)
-            reason = self.stop_reason or interrupted["signal"]
-            self.stop_reason = self.processes.agree(reason, self.device)
-            if self.stop_reason:
-                break
-        if self.batch >= self.steps_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
+        return self.game.epoch(self.blocks_per_batch, epoch_rng, share=share)
 
-    def _step(self, batch: GameBatch, index: int) -> dict[str, float]:
+    def train_step(self, batch: GameBatch, index: int) -> dict[str, float]:
         """One update on this process's share of batch ``index``; stats of all processes."""
+        rank, world = self.processes.rank, self.processes.world
+        if self.share_games:
+            games = share_blocks(batch.targets.shape[1], rank, world)
+            batch = batch.select_games(range(games.start, games.stop))
         blocks = min(
             self.blocks_per_batch, self.game.blocks_per_epoch - index * self.blocks_per_batch
         )
-        mine = batch.targets.shape[0]
-        weight = self.processes.world * mine / blocks
-        if mine == 0:  # fewer blocks than processes: play a block, weighed 0
+        mine = batch.targets.numel()  # games
+        weight = world * mine / (blocks * self.game.n_candidates)
+        if mine == 0:  # fewer blocks (or games) than processes: play a block, weighed 0
             batch = self.game.sample(1, torch.Generator().manual_seed(index))
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
         _, stats = update(
@@ -316,19 +274,18 @@ class Trainer:
             amp=self.amp, grad_clip=self.config.grad_clip, weight=weight,
         )  # fmt: skip
         self.scheduler.step()
+        stats["loss"] = stats["loss/total"]
         if self.processes.world == 1:
             return stats
         # Means over all processes' games (the gradient norm is already the global one).
         keys = [k for k in stats if k != "grad_norm"]
-        games = mine * self.game.n_candidates
-        totals = self.processes.sum([stats[k] * games for k in keys] + [games], self.device)
+        totals = self.processes.sum([stats[k] * mine for k in keys] + [mine], self.device)
         return {**dict(zip(keys, (t / totals[-1] for t in totals), strict=False)),
                 "grad_norm": stats["grad_norm"]}  # fmt: skip
 
-    def _end_epoch(self) -> None:
+    def end_epoch(self) -> None:
         """Validate the epoch's end (or a budget stop), update the best, call the hooks."""
-        train_stats = {k: v / max(1, self.n_steps) for k, v in self.sums.items()}
-        self.sums, self.n_steps = dict.fromkeys(STATS, 0.0), 0
+        train_stats = self.epoch_means()
         metrics, first = self.validate()
         self.metrics = metrics
         games = self.step * self.blocks_per_batch * self.game.n_candidates
@@ -340,10 +297,10 @@ class Trainer:
             **{f"val_{k}": metrics[k] for k in STATS},
         }  # fmt: skip
         self.history.append(row)
-        self._call("on_validation_end", row, first)
+        self.call("on_validation_end", row, first)
         if metrics["comm_rate"] > self.best["val_comm_rate"]:
             self.best = {"val_comm_rate": metrics["comm_rate"], "step": self.step}
-        self._call("on_epoch_end", row)
+        self.call("on_epoch_end", row)
 
     def validate(self) -> tuple[dict[str, float], tuple[GameBatch, Outcome] | None]:
         """Loss and rates on the fixed validation games (all processes' shares combined),

@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import math
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from agents import distributed
 from agents.backbones import describe_weights
 from agents.checkpoint import Run, load_run
 from agents.config import GAMES
@@ -51,7 +51,7 @@ from agents.files import make_folder, remove_stray_temporaries, write_atomic
 from agents.losses import game_loss
 from agents.recognise import Recogniser, check_independent, shipped_recogniser
 from agents.selfplay import validation_batches
-from agents.trainer import autocast, play, select_device
+from agents.trainer import Outcome, autocast, play
 from sketchenv.game import GameBatch, SketchGame
 from train.flags import run_command
 
@@ -173,6 +173,41 @@ def evaluation_batches(
 
 
 # ----- results --------------------------------------------------------------------------------
+def batch_results(
+    game: SketchGame,
+    index: int,
+    batch: GameBatch,
+    outcome: Outcome,
+    choices: Tensor,
+    loss: str,
+    recogniser: Recogniser | None,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """What batch ``index`` adds to the results, small and on the CPU (no images), so
+    that rank 0 can gather every process's batches."""
+    sketches, images = outcome.sketches.flatten(0, 1), batch.sender_images.flatten(0, 1)
+    rates = game.score(choices, batch)
+    batch_loss = game_loss(outcome.scores.float(), batch.targets, loss).item()
+    batch, choices = batch.to("cpu"), choices.cpu()
+    picked_labels = batch.candidate_labels.gather(1, choices)
+    results = {
+        "index": index,
+        "rates": rates,
+        "loss": batch_loss,
+        "correct": (choices == batch.targets).flatten(),
+        "class_correct": (picked_labels == batch.sender_labels).flatten(),
+        "labels": batch.sender_labels.flatten(),
+        "records": game_records(batch, choices, 0, index, classes),
+    }
+    if recogniser is not None:
+        names = recogniser(sketches).cpu()
+        results["recognised"] = names == results["labels"]
+        results["image_recognised"] = recogniser(images).cpu() == results["labels"]
+        for record, name in zip(results["records"], names.tolist(), strict=True):
+            record["sketch_recognised_as"] = classes[name]
+    return results
+
+
 def game_records(
     batch: GameBatch, choices: Tensor, first: int, batch_index: int, classes: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -282,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "grid" else 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    device = select_device(args.device)
+    processes, device = distributed.start(args.device)
 
     # What plays: one run's sender, its own or another run's receiver.
     run = load_run(args.run, device=device, which=args.checkpoint)
@@ -298,61 +333,65 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     classes = [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))]
     blocks_per_batch = max(1, (args.batch_size or run.config.batch_size) // game.n_candidates)
     output = Path(args.output) if args.output else default_output(args, game.game)
-    make_folder(output)
-    remove_stray_temporaries(output)  # a killed evaluation's half-written games log
+    if processes.main:
+        make_folder(output)
+        remove_stray_temporaries(output)  # a killed evaluation's half-written files
 
-    # Play, logging every game as it is scored (to a temporary file, renamed at the end).
+    # Play: under torchrun each process plays every world-th batch; rank 0 gathers them
+    # all, in order, and writes the results (the same as one process would).
     recogniser = make_recogniser(run, game, args.recogniser, device)
-    batch_rates, correct, class_correct, labels, losses = [], [], [], [], []
-    recognised, image_recognised = [], []
-    sheet, n_played = None, 0
-    log_tmp = output / ".games.jsonl.tmp"
-    try:
-        with open(log_tmp, "w") as log, torch.no_grad():
-            batches, n_batches = evaluation_batches(game, args, blocks_per_batch)
-            print(f"evaluating {n_batches} batches of {game.game} -> {output}", flush=True)
-            bar = tqdm(batches, total=n_batches, desc="evaluate", unit="batch", leave=False)
-            for index, batch in enumerate(bar):
-                batch = batch.to(device, non_blocking=device.type == "cuda")
-                with autocast(device, amp):
-                    outcome = play(sender, receiver, game, batch)
-                choices = game.choose(outcome.scores)
-                batch_rates.append(game.score(choices, batch))
-                losses.append(game_loss(outcome.scores.float(), batch.targets, run.config.loss))
-                if sheet is None and args.grid:
-                    sheet = sketch_sheet(batch, outcome.sketches, choices, args.grid)
-                batch, choices = batch.to("cpu"), choices.cpu()
-                picked_labels = batch.candidate_labels.gather(1, choices)
-                correct.append((choices == batch.targets).flatten())
-                class_correct.append((picked_labels == batch.sender_labels).flatten())
-                labels.append(batch.sender_labels.flatten())
-                records = game_records(batch, choices, n_played, index, classes)
-                if recogniser is not None:
-                    names = recogniser(outcome.sketches.flatten(0, 1)).cpu()
-                    recognised.append(names == batch.sender_labels.flatten())
-                    image_names = recogniser(batch.sender_images.flatten(0, 1).to(device))
-                    image_recognised.append(image_names.cpu() == batch.sender_labels.flatten())
-                    for record, name in zip(records, names.tolist(), strict=True):
-                        record["sketch_recognised_as"] = classes[name]
-                log.writelines(json.dumps(record) + "\n" for record in records)
-                n_played += len(records)
-        os.replace(log_tmp, output / "games.jsonl")
-    finally:
-        log_tmp.unlink(missing_ok=True)
-    if not batch_rates:
+    batches, n_batches = evaluation_batches(game, args, blocks_per_batch)
+    if processes.main:
+        print(f"evaluating {n_batches} batches of {game.game} -> {output}", flush=True)
+    bar = tqdm(batches, total=n_batches, desc="evaluate", unit="batch", leave=False,
+               disable=not processes.main)  # fmt: skip
+    played, sheet = [], None
+    with torch.no_grad():
+        for index, batch in enumerate(bar):
+            if index % processes.world != processes.rank:
+                continue
+            batch = batch.to(device, non_blocking=device.type == "cuda")
+            with autocast(device, amp):
+                outcome = play(sender, receiver, game, batch)
+            choices = game.choose(outcome.scores)
+            if index == 0 and args.grid:
+                sheet = sketch_sheet(batch, outcome.sketches, choices, args.grid)
+            played.append(
+                batch_results(
+                    game, index, batch, outcome, choices, run.config.loss, recogniser, classes
+                )
+            )
+    played = processes.gather(played)
+    distributed.stop()
+    if not processes.main:
+        return {}
+    if not played:
         raise ValueError(f"no games: the {args.split} split is too small for one block")
+    played.sort(key=lambda p: p["index"])
+    n_played, lines = 0, []
+    for p in played:  # games numbered across batches
+        lines += [json.dumps(r | {"game": n_played + r["game"]}) + "\n" for r in p["records"]]
+        n_played += len(p["records"])
+    write_atomic(output / "games.jsonl", "".join(lines).encode())
+    batch_rates = [p["rates"] for p in played]
+    correct = [p["correct"] for p in played]
+    class_correct = [p["class_correct"] for p in played]
+    labels = [p["labels"] for p in played]
+    losses = [p["loss"] for p in played]
 
     # Results: metrics.json, sketches.png, a summary on stdout.
     results = summarise(
         batch_rates, torch.cat(correct), torch.cat(class_correct), torch.cat(labels), classes
     )
     weights = torch.tensor([float(r.numel()) for r in correct])
-    results["loss"] = float((torch.stack(losses).cpu() * weights).sum() / weights.sum())
+    results["loss"] = float((torch.tensor(losses) * weights).sum() / weights.sum())
     results["chance"] = 1 / game.n_candidates
     if recogniser is not None:
-        results["recognisability"] = torch.cat(recognised).float().mean().item()
+        recognised = torch.cat([p["recognised"] for p in played])
+        image_recognised = torch.cat([p["image_recognised"] for p in played])
+        results["recognisability"] = recognised.float().mean().item()
         results["recognisability_chance"] = 1 / game.n_classes
-        results["recogniser_image_accuracy"] = torch.cat(image_recognised).float().mean().item()
+        results["recogniser_image_accuracy"] = image_recognised.float().mean().item()
         results["recogniser"] = {
             "path": recogniser.path,
             "made_by": describe_weights(recogniser.info),

@@ -6,6 +6,7 @@
     python -m train.pretrain --backbone vgg16 --dataset stl10 --method barlow   # GPU
     python -m train.pretrain --resume runs/pretrain-barlow-...                  # continue exactly
     python -m train.pretrain --remake shapes-supervised-32    # re-make a shipped weights file
+    torchrun --standalone --nproc-per-node 4 -m train.pretrain --method barlow   # 4 GPUs
 
 Methods: ``barlow`` (Barlow Twins, the paper's future work), ``simclr`` (InfoNCE) and
 ``supervised`` (cross-entropy on the training labels, the analogue of ImageNet weights).
@@ -13,6 +14,8 @@ The run folder's ``weights.pt`` goes to ``train.selfplay --weights`` (the agents
 encoder), ``train.selfplay --perceptual-net`` (the perceptual loss) and
 ``train.evaluate --recogniser`` (supervised weights only). Linear-probe and k-NN accuracy
 on the validation split are printed, logged to TensorBoard and stored in the file.
+Under ``torchrun`` each process encodes its share of every batch and the methods' losses
+see the whole batch (:class:`agents.pretrain.PretrainLoss`).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agents import distributed
 from agents.config import load_config_file
 from agents.files import write_atomic
 from agents.pretrain import (
     PretrainConfig,
-    pretrain,
+    Pretraining,
     pretrain_config,
     read_pretrain_checkpoint,
     resume_config,
@@ -82,7 +86,11 @@ def resolve(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Pretrain; returns the last linear-probe and k-NN accuracies."""
     config, resumed, remake = resolve(argv)
-    metrics = pretrain(config, resumed)
+    run = Pretraining(config, resumed=resumed)
+    metrics = run.fit()
+    distributed.stop()
+    if not run.processes.main:  # under torchrun: rank 0 wrote the run folder
+        return metrics
     finished = read_pretrain_checkpoint(config.output)["progress"]["epoch"] >= config.epochs
     if remake is not None and not finished:
         print(
