@@ -11,8 +11,9 @@ them in this order::
 Every hook gets the trainer (its ``config``, ``step``, ``epoch``, ``history``, models and
 optimiser); any hook may call ``trainer.stop(reason)`` to end training after the current
 step (the epoch is then validated and saved, as for ``--max-steps``). The built-in ones
-below write the run folder and enforce ``--max-steps`` and ``--time-budget``;
-:func:`default_callbacks` lists what ``python -m train.selfplay`` uses.
+below write the run folder; :func:`default_callbacks` lists what ``python -m
+train.selfplay`` uses, and :func:`stopping_rules` the config's ``--max-steps`` and
+``--time-budget``, which a trainer always puts first.
 """
 
 from __future__ import annotations
@@ -156,25 +157,18 @@ class TensorBoard(Callback):
             self.writer.close()
 
 
-class Console(Callback):
-    """A progress bar per epoch (silent when the output is not a terminal) with the running
-    communication rate, and one line per epoch."""
+class ProgressBar(Callback):
+    """A progress bar per epoch (silent when the output is not a terminal) showing
+    :meth:`postfix`, and where to resume when a signal stops training."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
-        self.window: list[float] = []
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        c = trainer.config
-        print(
-            f"run dir {trainer.out} | device {trainer.device} | {trainer.processes.world} "
-            f"process(es) | {trainer.steps_per_epoch} steps/epoch x {c.epochs} epochs"
-            + (f" | resuming at step {trainer.step}" if trainer.resumed else ""),
-            flush=True,
-        )
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        """What the bar shows after a step."""
+        return {}
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        self.window = []
         self.bar = tqdm(
             total=trainer.steps_per_epoch,
             initial=trainer.batch,
@@ -184,25 +178,16 @@ class Console(Callback):
         )
 
     def on_step_end(self, trainer: Trainer, stats: dict[str, float]) -> None:
-        self.window = [*self.window[-49:], stats["comm_rate"]]
         self.bar.update()
-        mean = sum(self.window) / len(self.window)
-        self.bar.set_postfix(comm=f"{mean:.3f}", loss=f"{stats['loss/total']:.3f}")
+        self.bar.set_postfix(self.postfix(stats))
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        self._close_bar()
-        print(
-            f"epoch {trainer.epoch}/{trainer.config.epochs} step {trainer.step}: train comm "
-            f"{row['train_comm_rate']:.3f} | val comm {row['val_comm_rate']:.3f} class "
-            f"{row['val_class_rate']:.3f} | {row['seconds']:.0f}s"
-            + (f" | stopped: {trainer.stop_reason}" if trainer.stop_reason else ""),
-            flush=True,
-        )
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any] | None) -> None:
+        self.close()
         if trainer.stop_reason in ("SIGINT", "SIGTERM"):
             print(f"resume with --resume {trainer.out}", flush=True)
 
     def on_interrupt(self, trainer: Trainer) -> None:
-        self._close_bar()
+        self.close()
         print(
             f"stopped ({trainer.stop_reason}) at step {trainer.step}; resume with --resume "
             f"{trainer.out}",
@@ -210,12 +195,53 @@ class Console(Callback):
         )
 
     def on_fit_end(self, trainer: Trainer, metrics: dict) -> None:
-        self._close_bar()
+        self.close()
 
-    def _close_bar(self) -> None:
+    def close(self) -> None:
+        """Close the bar (before a line is printed under it)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Console(ProgressBar):
+    """What was set up and where the run goes, a progress bar per epoch with the running
+    communication rate, and one line per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window: list[float] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        c = trainer.config
+        for note in trainer.notes:  # what was set up: weights, feature cache
+            print(note, flush=True)
+        print(
+            f"run dir {trainer.out} | device {trainer.device} | {trainer.processes.world} "
+            f"process(es) | {trainer.steps_per_epoch} steps/epoch x {c.epochs} epochs"
+            + (f" | resuming at step {trainer.step}" if trainer.resumed else ""),
+            flush=True,
+        )
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.window = []
+        super().on_epoch_start(trainer)
+
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        self.window = [*self.window[-49:], stats["comm_rate"]]
+        mean = sum(self.window) / len(self.window)
+        return {"comm": f"{mean:.3f}", "loss": f"{stats['loss/total']:.3f}"}
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self.close()
+        print(
+            f"epoch {trainer.epoch}/{trainer.config.epochs} step {trainer.step}: train comm "
+            f"{row['train_comm_rate']:.3f} | val comm {row['val_comm_rate']:.3f} class "
+            f"{row['val_class_rate']:.3f} | {row['seconds']:.0f}s"
+            + (f" | stopped: {trainer.stop_reason}" if trainer.stop_reason else ""),
+            flush=True,
+        )
+        super().on_epoch_end(trainer, row)
 
 
 class MaxSteps(Callback):
@@ -244,22 +270,27 @@ class TimeBudget(Callback):
             trainer.stop("time_budget")
 
 
-def default_callbacks(config: Any, main_process: bool = True) -> list[Callback]:
-    """What ``python -m train.selfplay`` runs with: the stopping rules the config asks for,
-    and on the main process the run folder, console, TensorBoard, metrics, grids and
-    checkpoints."""
-    callbacks: list[Callback] = []
+def stopping_rules(config: Any) -> list[Callback]:
+    """The stops the config asks for (``max_steps``, ``time_budget``): a trainer puts them
+    before its callbacks, whichever those are."""
+    rules: list[Callback] = []
     if config.max_steps is not None:
-        callbacks.append(MaxSteps(config.max_steps))
+        rules.append(MaxSteps(config.max_steps))
     if config.time_budget is not None:
-        callbacks.append(TimeBudget(config.time_budget))
-    if main_process:
-        callbacks += [
-            RunFolder(),
-            Console(),
-            TensorBoard(config.log_every),
-            MetricsCSV(),
-            SketchGrids(),
-            Checkpoints(),
-        ]
-    return callbacks
+        rules.append(TimeBudget(config.time_budget))
+    return rules
+
+
+def default_callbacks(config: Any, main_process: bool = True) -> list[Callback]:
+    """What ``python -m train.selfplay`` writes and shows, on the main process only: the
+    run folder, console, TensorBoard, metrics, grids and checkpoints."""
+    if not main_process:
+        return []
+    return [
+        RunFolder(),
+        Console(),
+        TensorBoard(config.log_every),
+        MetricsCSV(),
+        SketchGrids(),
+        Checkpoints(),
+    ]

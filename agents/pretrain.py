@@ -29,12 +29,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from agents import distributed
 from agents.augment import AUGMENTATIONS
 from agents.backbones import BACKBONES, make_backbone, save_weights
-from agents.callbacks import Callback, Checkpoints, MaxSteps, MetricsCSV, TimeBudget
+from agents.callbacks import Callback, Checkpoints, MetricsCSV, ProgressBar, stopping_rules
 from agents.checkpoint import CheckpointError
 from agents.config import dataclass_from_mapping, option
 from agents.distributed import Processes
@@ -304,7 +303,7 @@ class Pretraining(Loop):
         }
         if callbacks is None:
             callbacks = default_callbacks(self.config, self.processes.main)
-        self.callbacks = list(callbacks)
+        self.callbacks = [*stopping_rules(self.config), *callbacks]
 
     def _restore(self, resumed: dict[str, Any]) -> None:
         """Weights, optimiser, schedule, position in the data, history, running sums."""
@@ -464,14 +463,14 @@ class WeightsFile(Callback):
         )
 
 
-class PretrainLog(Callback):
+class PretrainLog(ProgressBar):
     """TensorBoard (``tb/``: loss, gradient norm and LR every ``log_every`` steps, the
     probes), a progress bar per epoch and one line per probe."""
 
     def __init__(self, log_every: int) -> None:
+        super().__init__()
         self.log_every = log_every
         self.writer: SummaryWriter | None = None
-        self.bar: tqdm | None = None
 
     def on_fit_start(self, trainer: Pretraining) -> None:
         c, purge = trainer.config, trainer.step if trainer.resumed else None
@@ -485,22 +484,18 @@ class PretrainLog(Callback):
             flush=True,
         )
 
-    def on_epoch_start(self, trainer: Pretraining) -> None:
-        self.bar = tqdm(
-            total=trainer.steps_per_epoch, initial=trainer.batch, disable=None,
-            desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}", dynamic_ncols=True,
-        )  # fmt: skip
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{stats['loss']:.3f}"}
 
     def on_step_end(self, trainer: Pretraining, stats: dict[str, float]) -> None:
-        self.bar.update()
-        self.bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        super().on_step_end(trainer, stats)
         if trainer.step % self.log_every == 0:
             for key, value in stats.items():
                 self.writer.add_scalar(f"train/{key}", value, trainer.step)
             self.writer.add_scalar("train/lr", trainer.scheduler.get_last_lr()[0], trainer.step)
 
     def on_validation_end(self, trainer: Pretraining, row: dict, first: None) -> None:
-        self._close_bar()
+        self.close()
         for key in ("linear_probe", "knn"):
             self.writer.add_scalar(f"val/{key}", row[key], trainer.step)
         scores = f"linear probe {row['linear_probe']:.3f} k-NN {row['knn']:.3f}"
@@ -514,46 +509,23 @@ class PretrainLog(Callback):
             flush=True,
         )
 
-    def on_epoch_end(self, trainer: Pretraining, row: dict | None) -> None:
-        self._close_bar()
-        if trainer.stop_reason in ("SIGINT", "SIGTERM"):
-            print(f"resume with --resume {trainer.out}", flush=True)
-
-    def on_interrupt(self, trainer: Pretraining) -> None:
-        self._close_bar()
-        print(
-            f"stopped ({trainer.stop_reason}) at step {trainer.step}; resume with --resume "
-            f"{trainer.out}",
-            flush=True,
-        )
-
     def on_fit_end(self, trainer: Pretraining, metrics: dict) -> None:
-        self._close_bar()
+        super().on_fit_end(trainer, metrics)
         if self.writer is not None:
             self.writer.close()
         if metrics:
             print(f"weights file {trainer.out / 'weights.pt'}", flush=True)
 
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
 
 def default_callbacks(config: PretrainConfig, main_process: bool = True) -> list[Callback]:
-    """What ``python -m train.pretrain`` runs with: the stopping rules the config asks for,
-    and on the main process the run folder, log, metrics, weights file and ``last.pt``."""
-    callbacks: list[Callback] = []
-    if config.max_steps is not None:
-        callbacks.append(MaxSteps(config.max_steps))
-    if config.time_budget is not None:
-        callbacks.append(TimeBudget(config.time_budget))
-    if main_process:
-        callbacks += [
-            PretrainFolder(),
-            PretrainLog(config.log_every),
-            MetricsCSV(CSV_FIELDS),
-            WeightsFile(),
-            Checkpoints(best=False),
-        ]
-    return callbacks
+    """What ``python -m train.pretrain`` writes and shows, on the main process only: the
+    run folder, log, metrics, weights file and ``last.pt``."""
+    if not main_process:
+        return []
+    return [
+        PretrainFolder(),
+        PretrainLog(config.log_every),
+        MetricsCSV(CSV_FIELDS),
+        WeightsFile(),
+        Checkpoints(best=False),
+    ]

@@ -5,13 +5,14 @@
     metrics = fit(SelfPlayConfig(game="oo-different", epochs=2, output="runs/mine"))
 
 :class:`Trainer` reads top to bottom: configuration, processes and seeding, games,
-agents, optimiser, (resume); then :meth:`Trainer.fit` is the loop (one step per batch of
-games, validation after every epoch). Everything else a run does (the run folder,
-console, TensorBoard, ``metrics.csv``, sketch grids, checkpoints, ``--max-steps`` and
-``--time-budget``) is a callback of :mod:`agents.callbacks`, so a user adds their own
-(early stopping, another tracker) without touching the loop. ``python -m train.selfplay``
-is the command line; under ``torchrun`` each process plays its share of every batch's
-game blocks (:mod:`agents.distributed`).
+agents, optimiser, (resume); then :meth:`Trainer.fit` is the loop of
+:class:`agents.loop.Loop` (one step per batch of games, validation after every epoch).
+Everything else a run does (the run folder, console, TensorBoard, ``metrics.csv``,
+sketch grids, checkpoints, ``--max-steps`` and ``--time-budget``) is a callback of
+:mod:`agents.callbacks`, so a user adds their own (early stopping, another tracker)
+without touching the loop. ``python -m train.selfplay`` is the command line; under
+``torchrun`` each process plays its share of every batch's game blocks, or of each
+block's games when there are fewer blocks than processes (:mod:`agents.distributed`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from agents import distributed
 from agents.backbones import describe_weights
-from agents.callbacks import Callback, default_callbacks
+from agents.callbacks import Callback, default_callbacks, stopping_rules
 from agents.checkpoint import CheckpointError, game_settings, load_agent_weights, read_checkpoint
 from agents.config import RESUMABLE_OVERRIDES, SelfPlayConfig, config_from_dict
 from agents.experiment import fill_defaults, make_agents, make_game
@@ -121,8 +122,9 @@ class Trainer(Loop):
         )
         self.sender.to(self.device), self.receiver.to(self.device)
         backbone = self.sender.encoder.backbone
-        if backbone.weights_info and self.processes.main:
-            print(f"backbone weights: {describe_weights(backbone.weights_info)}")
+        self.notes: list[str] = []  # shown by the Console callback
+        if backbone.weights_info:
+            self.notes.append(f"backbone weights: {describe_weights(backbone.weights_info)}")
         perceptual_net = None
         if config.perceptual_coef > 0:
             perceptual_net = make_perceptual_net(
@@ -157,8 +159,7 @@ class Trainer(Loop):
                 self.game.image_size,
                 config.feature_cache_mb * 2**20,
             )
-            if self.processes.main:
-                print(model.features.describe(), flush=True)
+            self.notes.append(model.features.describe())
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay
@@ -198,7 +199,7 @@ class Trainer(Loop):
         }
         if callbacks is None:
             callbacks = default_callbacks(config, self.processes.main)
-        self.callbacks = list(callbacks)
+        self.callbacks = [*stopping_rules(config), *callbacks]
 
     def _restore(self, resumed: dict[str, Any]) -> None:
         """Weights, optimiser, schedule, RNG, position, history and running sums."""
@@ -331,5 +332,6 @@ def fit(
 ) -> dict[str, float]:
     """Train the run ``config`` describes (or continue ``resumed``, from
     :func:`resume_config`); returns the last validation metrics. ``callbacks`` replace
-    :func:`~agents.callbacks.default_callbacks` (add yours to that list to keep them)."""
+    :func:`~agents.callbacks.default_callbacks` (add yours to that list to keep them);
+    the config's ``max_steps`` and ``time_budget`` apply either way."""
     return Trainer(config, callbacks, resumed).fit()

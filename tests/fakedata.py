@@ -276,3 +276,18 @@ def write_run(folder: Path, **config) -> Path:
     }
     save_checkpoint(folder / "best.pt", payload)
     return folder
+
+
+def write_photo_folder(
+    root: Path, counts: dict[str, int], n_classes: int = 3, seed: int = 0
+) -> Path:
+    """An ``imagefolder:`` dataset of random 16 px photos: ``counts[split]`` images per
+    class in ``root/split/class<c>/<i>.png``."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for c in range(n_classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    return root

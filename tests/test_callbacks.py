@@ -66,10 +66,12 @@ def test_a_users_callback_stops_training_and_the_run_is_saved(folder, tmp_path):
     assert [row["step"] for row in trainer.history] == [2]  # validated where it stopped
     assert metrics["games"] == 8 and 0 <= metrics["comm_rate"] <= 1
     assert read_checkpoint(tmp_path / "run", which="last")["progress"]["step"] == 2
-    # Without the default callbacks nothing is written: a notebook's own loop of runs.
-    quiet = Trainer(config.replace(output=str(tmp_path / "quiet")), callbacks=[EarlyStop(1)])
+    # Without the default callbacks nothing is written or shown, and the config's own
+    # stopping rules still apply: a notebook's loop over runs.
+    quiet = Trainer(config.replace(output=str(tmp_path / "quiet"), max_steps=1), callbacks=[])
     quiet.fit()
-    assert quiet.step == 1 and not (tmp_path / "quiet").exists()
+    assert (quiet.step, quiet.stop_reason) == (1, "max_steps")
+    assert not (tmp_path / "quiet").exists()
 
 
 def test_fit_from_python_trains_what_the_command_line_trains(folder, tmp_path):  # noqa: F811

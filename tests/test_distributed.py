@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from PIL import Image
+from fakedata import write_photo_folder
 
 from agents.checkpoint import read_checkpoint
 
@@ -22,15 +21,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built wit
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """imagefolder data: 3 classes, 12 train and 4 val images each, 16 px."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 12), ("val", 4)):
-        for c in range(3):
-            (root / split / f"class{c}").mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
-    return root
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), {"train": 12, "val": 4}, seed=1)
 
 
 def flags(folder, out, *extra: str) -> list[str]:

@@ -56,7 +56,7 @@ def test_the_readme_shows_torchrun_launches_that_torchrun_accepts():
     parser = get_args_parser()  # torchrun's own
     options = [vars(parser.parse_args(words[1:])) for words in launches]
     assert {o["module"] for o in options} == {True}
-    assert {o["training_script"] for o in options} == {"train.selfplay"}
+    assert {o["training_script"] for o in options} == {"train.selfplay", "train.pretrain"}
     assert any(o["standalone"] for o in options)  # one machine
     assert any(o["rdzv_endpoint"] and o["nnodes"] != "1" for o in options)  # several
 

@@ -7,10 +7,9 @@ import json
 import shutil
 import signal
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fakedata import write_photo_folder
 
 import agents.selfplay as trainer
 import train.selfplay as selfplay
@@ -22,15 +21,7 @@ from agents.runs import stop_on_signal
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """imagefolder data: 3 classes, 8 train and 4 val images each, 16 px."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 4)):
-        for c in range(3):
-            (root / split / f"class{c}").mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
-    return root
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), {"train": 8, "val": 4}, seed=0)
 
 
 def tiny_args(folder, out, *extra: str) -> list[str]:
