@@ -110,6 +110,10 @@ def start(device_name: str = "auto") -> tuple[Processes, torch.device]:
 
 
 def stop() -> None:
-    """Leave the process group (when :func:`start` joined one)."""
+    """Leave the process group (when :func:`start` joined one) once every process is done:
+    a process that left while rank 0 still wrote its files could abort in gloo's
+    teardown. Call it after a run that ended normally; after an error, torchrun stops
+    the other processes (a barrier then would wait for them in vain)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

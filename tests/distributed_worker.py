@@ -60,10 +60,8 @@ def main(argv: list[str]) -> None:
         processes, _ = distributed.start(config.device)
         callbacks = default_callbacks(config, processes.main)
     callbacks.append(Recorder(path, sigterm_at))
-    try:
-        (Pretraining if pretraining else Trainer)(config, callbacks, resumed).fit()
-    finally:
-        distributed.stop()
+    (Pretraining if pretraining else Trainer)(config, callbacks, resumed).fit()
+    distributed.stop()
 
 
 if __name__ == "__main__":

@@ -60,10 +60,9 @@ def resolve_config(argv: Sequence[str] | None) -> tuple[SelfPlayConfig, dict | N
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train; returns the final validation metrics (also in ``metrics.csv``)."""
     config, resumed = resolve_config(argv)
-    try:
-        return fit(config, resumed=resumed)
-    finally:
-        distributed.stop()
+    metrics = fit(config, resumed=resumed)
+    distributed.stop()
+    return metrics
 
 
 if __name__ == "__main__":
