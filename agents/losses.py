@@ -54,6 +54,15 @@ def perceptual_distance(
     return total
 
 
+def check_tap_weights(backbone: Backbone, weights: Sequence[float]) -> None:
+    """Refuse perceptual-loss ``weights`` that are not one per tap of ``backbone``."""
+    if len(weights) != len(backbone.tap_names):
+        raise ValueError(
+            f"--perceptual-weights needs {len(backbone.tap_names)} values for backbone "
+            f"{backbone.name!r} (taps {list(backbone.tap_names)}), got {len(weights)}"
+        )
+
+
 def perceptual_loss(
     backbone: Backbone, images: Tensor, sketches: Tensor, weights: Sequence[float]
 ) -> Tensor:
@@ -66,11 +75,7 @@ def perceptual_loss(
     with that instead of the images, and one with a ``distance`` method uses it instead
     of :func:`perceptual_distance` (see :mod:`agents.edges`).
     """
-    if len(weights) != len(backbone.tap_names):
-        raise ValueError(
-            f"--perceptual-weights needs {len(backbone.tap_names)} values for backbone "
-            f"{backbone.name!r} (taps {list(backbone.tap_names)}), got {len(weights)}"
-        )
+    check_tap_weights(backbone, weights)
     used = [(name, w) for name, w in zip(backbone.tap_names, weights, strict=True) if w != 0]
     if not used:
         return sketches.new_zeros(())

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from agents.backbones import Backbone
 from agents.features import FeatureCache
-from agents.losses import game_loss, perceptual_distance, perceptual_loss
+from agents.losses import check_tap_weights, game_loss, perceptual_distance, perceptual_loss
 from agents.models import Encoder, Receiver, Sender
 from sketchenv.game import GameBatch, SketchGame
 
@@ -92,7 +92,6 @@ def play(
     if isinstance(sender, Sender) and isinstance(receiver, Receiver):
         encoder = receiver.encoder
         fused = bool(taps) and senders_see_candidates(batch)
-        image_taps = sketch_taps = None
         if fused:
             image_taps, candidate_latent = _encode_with_taps(encoder, batch.candidates, taps)
         elif features is not None and features.backbone is encoder.backbone:
@@ -206,6 +205,8 @@ class GameLoss(nn.Module):
         backbone = getattr(getattr(receiver, "encoder", None), "backbone", None)
         shared = perceptual_coef > 0 and perceptual_net is backbone is not None
         frozen = shared and not any(p.requires_grad for p in backbone.parameters())
+        if frozen:
+            check_tap_weights(backbone, perceptual_weights)
         self.taps = (
             tuple(n for n, w in zip(backbone.tap_names, perceptual_weights, strict=True) if w)
             if frozen

@@ -97,6 +97,27 @@ def test_perceptual_distance_matches_hand_computed_value():
     assert value.item() == pytest.approx(0.4 + 0.5 * 4.0)
 
 
+def test_perceptual_distance_equals_the_direct_form_for_tiny_and_zero_features():
+    """The expanded form against |a/(|a|+eps) - b/(|b|+eps)|^2, also where a norm is near
+    the 1e-10 guard (1e-6, where the guard shifts the result by 1e-4) or exactly zero."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    a[0, :, 0, 0], b[0, :, 0, 1], b[1, :, 1, 1] = 1e-6 * a[0, :, 0, 0], 1e-6, 0.0
+    a64, b64 = a.double(), b.double()
+    direct = (
+        (
+            a64 / (a64.norm(dim=1, keepdim=True) + 1e-10)
+            - b64 / (b64.norm(dim=1, keepdim=True) + 1e-10)
+        )
+        .pow(2)
+        .sum(dim=1)
+        .mean(dim=(1, 2))
+    )
+    value = perceptual_distance([a64], [b64], [1.0])
+    torch.testing.assert_close(value, direct, rtol=1e-9, atol=0)
+    torch.testing.assert_close(perceptual_distance([a], [b], [1.0]).double(), direct)
+
+
 def test_perceptual_loss_trains_sketches_not_the_backbone():
     backbone = make_backbone("small", width=4)
     images = torch.rand(2, 3, 16, 16)

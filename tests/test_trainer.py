@@ -13,7 +13,9 @@ from torch import nn
 
 from agents import trainer
 from agents.losses import game_loss, perceptual_loss
+from agents.perceptual import default_tap_weights
 from agents.trainer import (
+    GameLoss,
     autocast,
     compute_loss,
     evaluate,
@@ -22,6 +24,7 @@ from agents.trainer import (
     select_device,
     senders_see_candidates,
     train_step,
+    update,
 )
 from sketchenv.game import SketchGame
 
@@ -141,6 +144,7 @@ def test_plug_in_agents_see_images_flat_and_give_games_shaped_outcomes():
     torch.testing.assert_close(outcome.strokes, strokes)
     torch.testing.assert_close(outcome.sketches, game.render(strokes))
     torch.testing.assert_close(outcome.scores, receiver(outcome.sketches, batch.candidates))
+    assert outcome.taps is None  # so compute_loss runs the perceptual network itself
 
 
 def test_a_built_in_agent_plays_beside_a_plug_in_one():
@@ -285,6 +289,70 @@ def test_train_step_runs_the_models_under_the_autocast_it_is_asked_for(monkeypat
     evaluate(sender, receiver, game, [batch], torch.device("cpu"), amp=True)
     cpu = torch.device("cpu")
     assert seen == [(cpu, True), (cpu, False), (cpu, True)]
+
+
+class Wrapped(nn.Module):
+    """What DistributedDataParallel looks like to ``update``: the model under ``.module``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_update_steps_on_the_weighted_loss_of_a_game_loss_or_its_wrapper(wrap):
+    game, batch, sender, receiver, params = step_setup()
+    grads = gradients(game, batch, sender, receiver, params)
+    model = GameLoss(sender, receiver, game)
+    loss, _, stats = model(batch)
+    assert loss.item() == pytest.approx(stats["loss/game"])  # the default weight is 1
+    half, _, half_stats = model(batch, 0.5)
+    assert half.item() == pytest.approx(0.5 * loss.item())
+    assert half_stats == stats  # the scalars are the unweighted loss's
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    outcome, stats = update(Wrapped(model) if wrap else model, batch, optimizer, params=params,
+                            weight=0.5)  # fmt: skip
+    for p, b, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.5 * g, rtol=1e-4, atol=1e-7)
+    assert stats["comm_rate"] == game.score(outcome.scores.argmax(-1), batch)["comm_rate"]
+
+
+def test_update_leaves_a_parameter_the_loss_does_not_reach_without_a_gradient():
+    """Gradients are cleared to None, so an optimiser skips what a step does not reach
+    (Adam would otherwise move it on its momentum)."""
+    game, batch, sender, receiver, params = step_setup()
+    unused = nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([*params, unused], lr=0.1)
+    unused.grad = torch.ones(3)
+    optimizer.step()  # gives it momentum
+    moved = unused.detach().clone()
+    update(GameLoss(sender, receiver, game), batch, optimizer, params=[*params, unused])
+    assert unused.grad is None
+    assert torch.equal(unused.detach(), moved)
+
+
+def test_game_loss_fuses_only_with_a_perceptual_loss_and_checks_its_weights():
+    game = blob_game()
+    sender, receiver = tiny_agents(freeze_backbone=True)
+    backbone = receiver.encoder.backbone
+    weights = default_tap_weights(backbone)
+    fused = GameLoss(sender, receiver, game, perceptual_net=backbone,
+                     perceptual_weights=weights, perceptual_coef=1.0)  # fmt: skip
+    assert fused.taps == tuple(n for n, w in zip(backbone.tap_names, weights, strict=True) if w)
+    unused = GameLoss(sender, receiver, game, perceptual_net=backbone,
+                      perceptual_weights=weights, perceptual_coef=0.0)  # fmt: skip
+    assert unused.taps == ()
+    with pytest.raises(ValueError) as err:
+        GameLoss(sender, receiver, game, perceptual_net=backbone, perceptual_weights=[1.0],
+                 perceptual_coef=1.0)  # fmt: skip
+    assert str(err.value).startswith(
+        f"--perceptual-weights needs {len(backbone.tap_names)} values for backbone"
+    )
+    assert str(err.value).endswith("got 1")
 
 
 # ----- evaluation ----------------------------------------------------------------------
