@@ -87,6 +87,13 @@ class SelfPlayConfig:
     separate_encoders: bool = option(False, "sender and receiver own one each", "agents")
     latent_size: int = option(128, "projection output", "agents")
     sender_hidden: list[int] = option([256, 512], "sender MLP hidden sizes", "agents")
+    curve_segments: int = option(
+        1,
+        "bend each run of this many of the sender's lines into one quadratic Bézier curve "
+        "(it draws lines / N curves); 1 = free straight lines, as the paper",
+        "agents",
+        metavar="N",
+    )
     receiver_hidden: list[int] = option([64], "receiver MLP hidden sizes", "agents")
     receiver_out: int = option(64, "receiver embedding size", "agents")
     score: str = option("cosine", "dot = paper", "agents", choices=SCORES)
@@ -257,6 +264,12 @@ def check_config(c: SelfPlayConfig) -> None:
     need(c.image_size is None or c.image_size >= 8, "image_size must be >= 8 (or unset)")
     need(c.n_distractors is None or c.n_distractors >= 1, "n_distractors must be >= 1")
     need(c.lines >= 1, "lines must be >= 1")
+    need(c.curve_segments >= 1, "curve_segments must be >= 1")
+    need(
+        c.lines % c.curve_segments == 0,
+        f"lines ({c.lines}) must be a multiple of curve_segments ({c.curve_segments}): the "
+        f"sender draws lines / curve_segments curves, e.g. --lines 80 --curve-segments 4",
+    )
     need(c.sigma2 is None or c.sigma2 > 0, "sigma2 must be > 0 (or unset)")
     need(c.epochs >= 1, "epochs must be >= 1")
     need(c.batch_size >= 1, "batch_size must be >= 1")

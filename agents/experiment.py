@@ -92,6 +92,7 @@ def make_agents(
     sender, receiver = build_agents(
         image_size=(int(image_size[0]), int(image_size[1])),
         n_lines=config.lines,
+        curve_segments=config.curve_segments,
         backbone=config.backbone,
         weights=config.weights,
         backbone_width=config.backbone_width,

@@ -61,18 +61,50 @@ class Encoder(nn.Module):
         return self.projection(maps.flatten(1)).view(*lead, -1)
 
 
-class Sender(nn.Module):
-    """Image -> strokes: encoder, MLP (paper: 64 -> 64 -> 256 -> n_lines*4), tanh."""
+def quadratic_segments(controls: Tensor, k: int) -> Tensor:
+    """Quadratic Bézier curves ``[..., n, 3, 2]`` (start, control, end points) -> ``[..., n * k,
+    4]``: each curve as the ``k`` chords between its points at t = 0, 1/k, ..., 1.
 
-    def __init__(self, encoder: Encoder, n_lines: int = 20, hidden: Sequence[int] = (64, 256)):
+    The chords stay within |P0 - 2 P1 + P2| / (4 k²) of the curve (its second derivative
+    is constant), and they end inside [-1, 1] when the control points do (convex hull)."""
+    t = torch.linspace(0, 1, k + 1, device=controls.device, dtype=controls.dtype).view(-1, 1)
+    start, control, end = (controls[..., i, None, :] for i in range(3))
+    points = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end  # [..., n, k+1, 2]
+    chords = torch.cat([points[..., :-1, :], points[..., 1:, :]], dim=-1)  # [..., n, k, 4]
+    return chords.flatten(-3, -2)
+
+
+class Sender(nn.Module):
+    """Image -> strokes: encoder, MLP (paper: 64 -> 64 -> 256 -> n_lines*4), tanh.
+
+    With ``curve_segments`` = k > 1 the MLP gives ``n_lines / k`` quadratic Bézier curves
+    instead, each drawn as k chained lines (:func:`quadratic_segments`): the game still
+    receives ``n_lines`` lines, bent into smooth curves."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        n_lines: int = 20,
+        hidden: Sequence[int] = (64, 256),
+        curve_segments: int = 1,
+    ):
         super().__init__()
+        if curve_segments < 1 or n_lines % curve_segments:
+            raise ValueError(
+                f"n_lines ({n_lines}) must be a multiple of curve_segments ({curve_segments}):"
+                " the sender draws n_lines / curve_segments curves"
+            )
         self.encoder = encoder
-        self.n_lines = n_lines
-        self.decoder = mlp([encoder.latent_size, *hidden, n_lines * 4])
+        self.n_lines, self.curve_segments = n_lines, curve_segments
+        outputs = n_lines * 4 if curve_segments == 1 else n_lines // curve_segments * 6
+        self.decoder = mlp([encoder.latent_size, *hidden, outputs])
 
     def decode(self, latent: Tensor) -> Tensor:
         """``[..., latent]`` -> strokes ``[..., n_lines, 4]`` in ``[-1, 1]``."""
-        return torch.tanh(self.decoder(latent)).view(*latent.shape[:-1], self.n_lines, 4)
+        out, lead = torch.tanh(self.decoder(latent)), latent.shape[:-1]
+        if self.curve_segments == 1:
+            return out.view(*lead, self.n_lines, 4)
+        return quadratic_segments(out.view(*lead, -1, 3, 2), self.curve_segments)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.decode(self.encoder(images))
@@ -123,6 +155,7 @@ def build_agents(
     *,
     image_size: tuple[int, int],
     n_lines: int = 20,
+    curve_segments: int = 1,
     backbone: str = "small",
     weights: str | None = None,
     backbone_width: int = 32,
@@ -151,6 +184,6 @@ def build_agents(
 
     sender_encoder = encoder()
     receiver_encoder = encoder() if separate_encoders else sender_encoder
-    sender = Sender(sender_encoder, n_lines, sender_hidden)
+    sender = Sender(sender_encoder, n_lines, sender_hidden, curve_segments)
     receiver = Receiver(receiver_encoder, receiver_hidden, receiver_out, score, score_scale)
     return sender, receiver

@@ -15,7 +15,7 @@ from agents.backbones import VGG16_TAPS, make_backbone
 from agents.checkpoint import CheckpointError, load_run, read_checkpoint, save_checkpoint
 from agents.config import SelfPlayConfig
 from agents.losses import game_loss, perceptual_distance, perceptual_loss
-from agents.models import Receiver, Sender, build_agents
+from agents.models import Receiver, Sender, build_agents, quadratic_segments
 from agents.trainer import play, train_step
 from sketchenv.game import SketchGame
 
@@ -68,6 +68,53 @@ def tiny_agents(**options) -> tuple[Sender, Receiver]:
 
 def unique_params(*modules: nn.Module) -> list[nn.Parameter]:
     return list(nn.ModuleDict({str(i): m for i, m in enumerate(modules)}).parameters())
+
+
+# ----- curves ----------------------------------------------------------------------------
+
+
+def test_quadratic_segments_are_chained_chords_of_the_curve_within_their_bound():
+    arch = [[-1.0, -1.0], [0.0, 1.0], [1.0, -1.0]]
+    straight = [[-0.5, 0.2], [0.0, 0.2], [0.5, 0.2]]  # evenly paced along a line
+    controls = torch.tensor([arch, straight])
+    chords = quadratic_segments(controls, 4).view(2, 4, 4)
+    torch.testing.assert_close(chords[:, 1:, :2], chords[:, :-1, 2:])  # each starts where one ends
+    torch.testing.assert_close(chords[:, 0, :2], controls[:, 0])
+    torch.testing.assert_close(chords[:, -1, 2:], controls[:, 2])
+    # B(t) = (1-t)² P0 + 2(1-t)t P1 + t² P2: B(1/4) = (-1/2, -1/4), B(1/2) = (0, 0)
+    torch.testing.assert_close(chords[0, 0, 2:], torch.tensor([-0.5, -0.25]))
+    torch.testing.assert_close(chords[0, 1, 2:], torch.tensor([0.0, 0.0]))
+    x = torch.linspace(-0.5, 0.5, 5)
+    torch.testing.assert_close(
+        chords[1], torch.stack([x[:-1], 0.2 + 0 * x[:-1], x[1:], 0.2 + 0 * x[1:]], 1)
+    )
+    assert torch.equal(quadratic_segments(controls, 1), controls[:, [0, 2]].reshape(2, 4))
+    # Distance from the true curve (dense samples) to the chords: at most |P0 - 2P1 + P2| / 4k²
+    t = torch.linspace(0, 1, 2001).view(-1, 1)
+    p0, p1, p2 = controls[0]
+    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+    a, b = chords[0, :, :2], chords[0, :, 2:]
+    s = (((curve[:, None] - a) * (b - a)).sum(-1) / ((b - a) ** 2).sum(-1)).clamp(0, 1)
+    gap = (curve[:, None] - (a + s[..., None] * (b - a))).norm(dim=-1).min(dim=1).values.max()
+    bound = (p0 - 2 * p1 + p2).norm() / (4 * 4**2)
+    assert 0.5 * bound < gap <= bound + 1e-6
+
+
+def test_a_curve_sender_draws_chained_curves_and_refuses_a_count_that_does_not_divide():
+    torch.manual_seed(0)
+    sender, _ = tiny_agents(n_lines=8, curve_segments=4)
+    assert sender.decoder[-1].out_features == 2 * 6  # two curves of three points
+    strokes = sender(torch.rand(3, 3, 16, 16)).view(3, 2, 4, 4)
+    assert strokes.abs().max() <= 1
+    torch.testing.assert_close(strokes[:, :, 1:, :2], strokes[:, :, :-1, 2:])
+    assert not torch.allclose(strokes[:, 0, -1, 2:], strokes[:, 1, 0, :2])  # two curves
+    assert tiny_agents(n_lines=8)[0].decoder[-1].out_features == 8 * 4
+    with pytest.raises(ValueError) as err:
+        tiny_agents(n_lines=6, curve_segments=4)
+    assert str(err.value) == (
+        "n_lines (6) must be a multiple of curve_segments (4): the sender draws "
+        "n_lines / curve_segments curves"
+    )
 
 
 # ----- losses --------------------------------------------------------------------------

@@ -31,6 +31,9 @@ LIMITS = [
     ("image_size", [None, 8], 7, "image_size must be >= 8 (or unset)"),
     ("n_distractors", [None, 1], 0, "n_distractors must be >= 1"),
     ("lines", [1], 0, "lines must be >= 1"),
+    ("curve_segments", [1, 4, 20], 0, "curve_segments must be >= 1"),
+    ("curve_segments", [], 3, "lines (20) must be a multiple of curve_segments (3): the sender "
+     "draws lines / curve_segments curves, e.g. --lines 80 --curve-segments 4"),
     ("sigma2", [None, 1e-12], 0.0, "sigma2 must be > 0 (or unset)"),
     ("epochs", [1], 0, "epochs must be >= 1"),
     ("batch_size", [1], 0, "batch_size must be >= 1"),

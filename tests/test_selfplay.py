@@ -7,14 +7,17 @@ import json
 import shutil
 import signal
 
+import numpy as np
 import pytest
 import torch
 from fakedata import write_photo_folder
 
 import agents.selfplay as trainer
+import sketchenv
 import train.selfplay as selfplay
 from agents.backbones import make_backbone, save_weights
 from agents.checkpoint import load_run, read_checkpoint
+from agents.policies import AgentPolicy
 from agents.runs import stop_on_signal
 
 
@@ -208,6 +211,31 @@ def test_every_agent_and_loss_option_runs(folder, tmp_path):
     with pytest.raises(ValueError, match="needs 4 values"):  # the drawing network's levels
         args = tiny_args(folder, tmp_path / "bad", "--perceptual-weights", "1", "1")
         selfplay.main([*args, "--perceptual-coef", "1"])
+
+
+def test_a_curve_run_trains_reloads_evaluates_and_plays_the_env(folder, tmp_path):
+    """--curve-segments 2 with --lines 4: two curves of two chained lines, everywhere a
+    run's sender goes (checkpoint, train.evaluate, the env through AgentPolicy)."""
+    from train import evaluate
+
+    selfplay.main(tiny_args(folder, tmp_path / "run", "--curve-segments", "2", "--max-steps", "2"))
+    run = load_run(tmp_path / "run")
+    assert run.config.curve_segments == 2 and run.sender.decoder[-1].out_features == 2 * 6
+    with torch.no_grad():
+        strokes = run.sender(torch.rand(3, 3, 16, 16)).view(3, 2, 2, 4)
+    torch.testing.assert_close(strokes[:, :, 1, :2], strokes[:, :, 0, 2:])  # chained
+    eval_args = [str(tmp_path / "run"), "--split", "val", "--output", str(tmp_path / "eval")]
+    results = evaluate.main(eval_args)
+    assert results["games"] > 0 and 0 <= results["comm_rate"] <= 1
+    policy = AgentPolicy.from_checkpoint(tmp_path / "run")
+    env = sketchenv.parallel_env(**policy.env_options(split="val"))
+    policy.check_env(env)
+    observations, _ = env.reset(seed=0)
+    action = policy(observations["sender_0"], "sender_0")
+    assert action.shape == (4, 4)
+    assert np.allclose(action[1, :2], action[0, 2:]) and np.allclose(action[3, :2], action[2, 2:])
+    with pytest.raises(ValueError, match=r"lines \(4\) must be a multiple of curve_segments \(3\)"):
+        selfplay.main(tiny_args(folder, tmp_path / "bad", "--curve-segments", "3"))
 
 
 def test_pretrained_weights_and_perceptual_network_options(folder, tmp_path):
