@@ -10,6 +10,7 @@ models differ only by the games they play, and DDP averages their gradients.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -115,5 +116,6 @@ def stop() -> None:
     teardown. Call it after a run that ended normally; after an error, torchrun stops
     the other processes (a barrier then would wait for them in vain)."""
     if dist.is_initialized():
+        gc.collect()  # a DDP model in a reference cycle must go while Python is whole
         dist.barrier()
         dist.destroy_process_group()
