@@ -1,0 +1,257 @@
+"""The stroke model: what one stroke is, read by the rasteriser, game, env, agents and study.
+
+A stroke is one row of numbers. Its first columns are the control points of its primitive,
+in canvas coordinates (`x` to the right, `y` down, the canvas is [-1, 1]²):
+
+- ``line``: ``x0, y0, x1, y1`` (the default, and the only kind before strokes had a format);
+- ``quadratic``: a quadratic Bézier curve ``x0, y0, x1, y1, x2, y2`` (start, control, end);
+- ``cubic``: a cubic Bézier curve ``x0, y0, ..., x3, y3`` (start, two controls, end).
+
+Then, for each option switched on, in this order:
+
+- ``width``: a multiplier of the stroke's thickness (its ink falls off as
+  ``exp(-d² / (σ² width²))``), in ``[MIN_WIDTH, MAX_WIDTH]``, 1 = the game's ``sigma2``;
+- ``opacity``: the stroke's presence in ``[0, 1]`` multiplying its ink; 0 leaves it out, so a
+  sender can choose how many strokes to draw;
+- ``colour``: RGB ink ``r, g, b`` in ``[0, 1]``, composited with ``over`` in stroke order
+  (the sketch becomes RGB).
+
+`StrokeFormat` is that description; `StrokeFormat.parse("cubic+width+opacity")` and
+`str(format)` convert it to and from the name stored in configs, checkpoints and study
+databases. A new primitive is one more entry in `PRIMITIVES` (its control-point count);
+curves are drawn through `polyline`, whose distance error `flattening_error` bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MAX_WIDTH",
+    "MIN_WIDTH",
+    "OPTIONS",
+    "PRIMITIVES",
+    "StrokeFormat",
+    "flattening_error",
+    "polyline",
+    "strokes_to_svg",
+    "strokes_used",
+]
+
+PRIMITIVES = {"line": 2, "quadratic": 3, "cubic": 4}  # control points per stroke
+OPTIONS = ("width", "opacity", "colour")
+MIN_WIDTH, MAX_WIDTH = 0.25, 4.0
+# An opacity above this counts as a stroke used (a sender leaves a stroke out with 0).
+USED_OPACITY = 0.5
+
+
+@dataclass(frozen=True)
+class StrokeFormat:
+    """The kind of stroke and its per-stroke options (see the module docstring)."""
+
+    primitive: str = "line"
+    width: bool = False
+    opacity: bool = False
+    colour: bool = False
+
+    def __post_init__(self) -> None:
+        if self.primitive not in PRIMITIVES:
+            raise ValueError(
+                f"unknown stroke primitive {self.primitive!r}; choose one of {list(PRIMITIVES)}"
+            )
+        for option in OPTIONS:
+            if not isinstance(getattr(self, option), bool):
+                raise TypeError(f"StrokeFormat.{option} must be True or False")
+
+    @classmethod
+    def parse(cls, name: str | StrokeFormat) -> StrokeFormat:
+        """``"line"``, ``"cubic+width+opacity"``, ... (the primitive, then options) -> format."""
+        if isinstance(name, StrokeFormat):
+            return name
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a stroke format is a name such as 'cubic+opacity', got {name!r}")
+        primitive, *options = name.split("+")
+        unknown = [option for option in options if option not in OPTIONS]
+        if unknown or len(set(options)) != len(options):
+            raise ValueError(
+                f"bad stroke format {name!r}: options after the primitive must be distinct "
+                f"names among {list(OPTIONS)}"
+            )
+        return cls(primitive, **{option: True for option in options})
+
+    def __str__(self) -> str:
+        return "+".join([self.primitive, *(o for o in OPTIONS if getattr(self, o))])
+
+    @property
+    def n_points(self) -> int:
+        """Control points per stroke (2 for a line)."""
+        return PRIMITIVES[self.primitive]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The name of each of a stroke's numbers, in order."""
+        names = [f"{axis}{i}" for i in range(self.n_points) for axis in "xy"]
+        names += ["width"] * self.width + ["opacity"] * self.opacity
+        names += ["r", "g", "b"] * self.colour
+        return tuple(names)
+
+    @property
+    def size(self) -> int:
+        """Numbers per stroke."""
+        return len(self.columns)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column (low, high), float32 `[size]`: the env's action space and the checks."""
+        low = {"width": MIN_WIDTH, "opacity": 0.0, "r": 0.0, "g": 0.0, "b": 0.0}
+        high = {"width": MAX_WIDTH, "opacity": 1.0, "r": 1.0, "g": 1.0, "b": 1.0}
+        return (
+            np.array([low.get(c, -1.0) for c in self.columns], np.float32),
+            np.array([high.get(c, 1.0) for c in self.columns], np.float32),
+        )
+
+    def points(self, strokes: Tensor) -> Tensor:
+        """Control points ``[..., n, n_points, 2]`` of strokes ``[..., n, size]`` (a view)."""
+        return strokes[..., : 2 * self.n_points].unflatten(-1, (self.n_points, 2))
+
+    def style(self, strokes: Tensor) -> Tensor:
+        """``[..., n, 5]``: each stroke's (width, opacity, r, g, b), 1, 1, 0, 0, 0 where off."""
+        column = 2 * self.n_points
+        parts = []
+        for option, default in (("width", [1.0]), ("opacity", [1.0]), ("colour", [0.0] * 3)):
+            if getattr(self, option):
+                parts.append(strokes[..., column : column + len(default)])
+                column += len(default)
+            else:
+                parts.append(strokes.new_tensor(default).expand(*strokes.shape[:-1], -1))
+        return torch.cat(parts, dim=-1)
+
+    def check(self, strokes: Tensor, name: str = "strokes") -> None:
+        """Raise a clear error unless ``strokes`` is a finite ``[..., n, size]`` tensor whose
+        options lie in their ranges (coordinates are the caller's to bound)."""
+        if not isinstance(strokes, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(strokes).__name__}")
+        if not strokes.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got dtype {strokes.dtype}; "
+                f"convert with {name}.float()"
+            )
+        if strokes.ndim < 2 or strokes.shape[-1] != self.size:
+            raise ValueError(
+                f"{name} must have shape [..., n_strokes, {self.size}] for {self} strokes "
+                f"({', '.join(self.columns)}), got {tuple(strokes.shape)}"
+            )
+        if strokes.device.type == "meta":
+            raise ValueError(f"{name} are on the meta device, which holds no values")
+        values = strokes.detach()
+        if values.numel() and not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{name} contain NaN or infinite values")
+        column = 2 * self.n_points
+        for option, count, low, high in (
+            ("width", 1, MIN_WIDTH, MAX_WIDTH),
+            ("opacity", 1, 0.0, 1.0),
+            ("colour", 3, 0.0, 1.0),
+        ):
+            if not getattr(self, option):
+                continue
+            part = values[..., column : column + count]
+            column += count
+            if part.numel() and (float(part.min()) < low or float(part.max()) > high):
+                raise ValueError(
+                    f"{name}: {option} must lie in [{low:g}, {high:g}], found "
+                    f"[{float(part.min()):.3g}, {float(part.max()):.3g}]; squash it "
+                    "(e.g. with a sigmoid) into that range"
+                )
+
+
+def polyline(points: Tensor, tolerance: float, max_segments: int = 64) -> Tensor:
+    """Bézier control points ``[..., n, m, 2]`` -> points ``[..., n, K + 1, 2]`` on each
+    curve (differentiable), whose chords stay within ``tolerance`` of it.
+
+    Stroke ``s`` gets the fewest chords k_s <= ``max_segments`` that `flattening_error`
+    allows, at t = 0, 1/k_s, ..., 1; its row is padded to K = max k_s by repeating its end
+    point (zero-length chords, which change no distance). A line (m = 2) is itself."""
+    m = points.shape[-2]
+    if m == 2:
+        return points
+    detached = points.detach()
+    second = (detached[..., :-2, :] - 2 * detached[..., 1:-1, :] + detached[..., 2:, :]).norm(
+        dim=-1
+    )
+    scale = m * (m - 1) / 8 * second.amax(dim=-1)  # error <= scale / k²
+    k = torch.sqrt(scale / tolerance).ceil().clamp(1, max_segments)
+    index = torch.arange(int(k.max()) + 1, dtype=points.dtype, device=points.device)
+    t = torch.minimum(index, k[..., None]) / k[..., None]  # [..., n, K + 1]
+    basis = _bernstein(t, m - 1)  # [..., n, K + 1, m]
+    return basis @ points
+
+
+def flattening_error(points: Tensor, segments: Tensor | int) -> Tensor:
+    """Upper bound ``[..., n]`` on the distance between each Bézier curve ``[..., n, m, 2]``
+    and its polyline of ``segments`` equal-parameter chords: m(m-1)/8 · max_j |P_j - 2P_j+1 +
+    P_j+2| / k² (the chord error h²/8 · max|B''| with |B''| <= m(m-1) max|Δ²P|)."""
+    m = points.shape[-2]
+    if m == 2:
+        return points.new_zeros(points.shape[:-2])
+    second = (points[..., :-2, :] - 2 * points[..., 1:-1, :] + points[..., 2:, :]).norm(dim=-1)
+    return m * (m - 1) / 8 * second.amax(dim=-1) / torch.as_tensor(segments) ** 2
+
+
+def _bernstein(t: Tensor, degree: int) -> Tensor:
+    """Bernstein basis ``[..., degree + 1]`` at parameters ``t``."""
+    j = torch.arange(degree + 1, dtype=t.dtype, device=t.device)
+    binomial = torch.tensor([math.comb(degree, i) for i in range(degree + 1)], dtype=t.dtype)
+    t = t[..., None]
+    return binomial.to(t.device) * t**j * (1 - t) ** (degree - j)
+
+
+def strokes_used(strokes: Tensor, stroke_format: StrokeFormat) -> Tensor:
+    """``[..., n, size]`` -> ``[...]``: strokes drawn, i.e. with opacity above `USED_OPACITY`
+    (every stroke when the format has no opacity)."""
+    if not stroke_format.opacity:
+        return torch.full(strokes.shape[:-2], strokes.shape[-2], device=strokes.device)
+    return (stroke_format.style(strokes)[..., 1] > USED_OPACITY).sum(dim=-1)
+
+
+def strokes_to_svg(
+    strokes: Tensor,
+    stroke_format: StrokeFormat | str = "line",
+    size: int = 256,
+    sigma2: float = 5e-4,
+) -> str:
+    """One sketch's strokes ``[n, size]`` as an SVG document ``size`` pixels square: one
+    ``<path>`` per stroke (M/L, Q or C), black strokes on white unless coloured, each of
+    width ≈ the rendered line's (2σ·width, in canvas units) and its opacity."""
+    stroke_format = StrokeFormat.parse(stroke_format)
+    stroke_format.check(strokes)
+    if strokes.ndim != 2:
+        raise ValueError(f"strokes_to_svg draws one sketch [n, size], got {tuple(strokes.shape)}")
+    values = strokes.detach().double().cpu()
+    points = stroke_format.points(values).tolist()
+    style = stroke_format.style(values).tolist()
+    command = {"line": "L", "quadratic": "Q", "cubic": "C"}[stroke_format.primitive]
+    paths = []
+    for stroke_points, (width, opacity, *rgb) in zip(points, style, strict=True):
+        (x0, y0), *rest = stroke_points
+        data = f"M {x0:.5g} {y0:.5g} {command} " + " ".join(f"{x:.5g} {y:.5g}" for x, y in rest)
+        colour = "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in rgb))
+        paths.append(
+            f"  <path d={quoteattr(data)} stroke={quoteattr(colour)} "
+            f'stroke-width="{2 * math.sqrt(sigma2) * width:.5g}" '
+            f'stroke-opacity="{opacity:.4g}" fill="none" stroke-linecap="round"/>'
+        )
+    return "\n".join(
+        [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
+            'viewBox="-1 -1 2 2">',
+            '  <rect x="-1" y="-1" width="2" height="2" fill="white"/>',
+            *paths,
+            "</svg>",
+            "",
+        ]
+    )
