@@ -20,6 +20,7 @@ from pettingzoo.utils.conversions import parallel_to_aec
 
 from sketchenv.game import GameBatch, SketchGame
 from sketchenv.rendering import VIEWS, compose_frame
+from sketchenv.strokes import StrokeFormat
 
 SENDER = "sender_0"
 RECEIVER = "receiver_0"
@@ -31,7 +32,9 @@ class SketchParallelEnv(ParallelEnv):
 
     One game per episode, two steps. Both agents stay in `agents` until the episode ends
     and both act at every `step`, but only one action counts: in phase 0 the sender draws
-    (`Box(-1, 1, (n_lines, 4))` strokes `(x0, y0, x1, y1)`, x to the right, y down) and
+    (a `Box` of shape `(n_lines, stroke_format.size)`: by default lines `(x0, y0, x1, y1)`
+    in [-1, 1], x to the right, y down; see `sketchenv.strokes` for curves, width, opacity
+    and colour, whose bounds the Box carries per column) and
     the receiver's action is ignored; in phase 1 the receiver picks a candidate
     (`Discrete(C)`) and the sender's action is ignored. Both observations carry the
     `phase`. Rewards are 1 to both agents when the pick is the target, else 0; the
@@ -45,6 +48,8 @@ class SketchParallelEnv(ParallelEnv):
         n_distractors: candidates minus one (default: 99 in original, one class each in OO).
         image_size: side in pixels of a named dataset's images (default: the dataset's).
         n_lines, sigma2, kernel, composite, invert: the sketch and its rasteriser.
+        stroke_format: what a stroke is, e.g. "line" (default), "cubic" or
+            "quadratic+width+opacity" (`sketchenv.strokes.StrokeFormat`).
         render_mode: None, "rgb_array" (one picture) or "human" (a pygame window).
         render_view: what an "rgb_array" picture shows: "spectator" (default; everything,
             the sender's image included: for watching and recording) or "receiver" (the
@@ -72,6 +77,7 @@ class SketchParallelEnv(ParallelEnv):
         kernel: str = "exp",
         composite: str = "softor",
         invert: bool = True,
+        stroke_format="line",
         render_mode: str | None = None,
         render_view: str = "spectator",
         seed: int | None = None,
@@ -94,6 +100,7 @@ class SketchParallelEnv(ParallelEnv):
             kernel=kernel,
             composite=composite,
             invert=invert,
+            stroke_format=stroke_format,
         )
         height, width = self.core.image_size
         if image_size is not None and (height, width) != (image_size, image_size):
@@ -121,7 +128,7 @@ class SketchParallelEnv(ParallelEnv):
             ),
         }
         self._action_spaces = {
-            SENDER: spaces.Box(-1.0, 1.0, (self.core.n_lines, 4), np.float32),
+            SENDER: sender_space(self.core),
             RECEIVER: spaces.Discrete(self.n_candidates),
         }
         # Everything either agent can see, side by side: for centralised critics (MAPPO).
@@ -216,6 +223,7 @@ class SketchParallelEnv(ParallelEnv):
             "episode": self._episode,
             "wins": self._wins,
             "n_lines": self.core.n_lines,
+            "stroke_format": str(self.core.stroke_format),
         }
 
     def render(self) -> np.ndarray | None:
@@ -272,7 +280,9 @@ class SketchParallelEnv(ParallelEnv):
         return {agent: dict(info) for agent in self.agents}
 
     def _check_strokes(self, action) -> np.ndarray:
-        return check_strokes(action, self._action_spaces[SENDER].shape, f"{SENDER}'s action")
+        return check_strokes(
+            action, self.core.stroke_format, self.core.n_lines, f"{SENDER}'s action"
+        )
 
     def _check_choice(self, action) -> int:
         if isinstance(action, torch.Tensor | np.ndarray) and action.ndim == 0:
@@ -360,8 +370,20 @@ def acting_agent(actions, phase: int) -> str:
     return acting
 
 
-def check_strokes(action, shape: tuple[int, ...], who: str) -> np.ndarray:
-    """A sender's action as float32 strokes of ``shape``, or a clear error naming ``who``."""
+def sender_space(core) -> spaces.Box:
+    """The sender's action space for a `SketchGame`: ``n_lines`` rows of its stroke format,
+    each column within its bounds (coordinates [-1, 1], options as `StrokeFormat.bounds`)."""
+    low, high = core.stroke_format.bounds()
+    shape = (core.n_lines, core.stroke_format.size)
+    return spaces.Box(np.broadcast_to(low, shape), np.broadcast_to(high, shape), dtype=np.float32)
+
+
+def check_strokes(
+    action, stroke_format: StrokeFormat, n_lines: int, who: str, batch: tuple[int, ...] = ()
+) -> np.ndarray:
+    """A sender's action (or ``batch`` of them) as float32 ``[*batch, n_lines,
+    stroke_format.size]`` strokes within the format's bounds, or a clear error naming ``who``
+    and the column at fault."""
     if isinstance(action, torch.Tensor):
         action = action.detach().cpu().numpy()
     try:
@@ -370,18 +392,24 @@ def check_strokes(action, shape: tuple[int, ...], who: str) -> np.ndarray:
         raise TypeError(f"{who} must be an array of numbers: {error}") from None
     if strokes.dtype == np.bool_ or strokes.dtype.kind not in "fiu":
         raise TypeError(f"{who} must be a real-valued (float) array, got dtype {strokes.dtype}")
+    shape, columns = (*batch, n_lines, stroke_format.size), stroke_format.columns
     if strokes.shape != shape:
         raise ValueError(
-            f"{who} must have shape {shape} (n_lines strokes of x0, y0, x1, y1), "
+            f"{who} must have shape {shape} (n_lines strokes of {', '.join(columns)}), "
             f"got {strokes.shape}"
         )
     strokes = strokes.astype(np.float32)
     if not np.isfinite(strokes).all():
         raise ValueError(f"{who} contains NaN or infinite coordinates")
-    if strokes.min() < -1 or strokes.max() > 1:
+    low, high = stroke_format.bounds()
+    flat = strokes.reshape(-1, len(low))
+    for j in np.flatnonzero((flat < low).any(0) | (flat > high).any(0)):
+        coordinate = columns[j][0] in "xy"
         raise ValueError(
-            f"{who}: stroke coordinates must lie in [-1, 1] (canvas units), found "
-            f"[{strokes.min():.3g}, {strokes.max():.3g}]; clip or squash (tanh) them"
+            f"{who}: {'stroke coordinates' if coordinate else repr(columns[j]) + ' values'} "
+            f"must lie in [{low[j]:g}, {high[j]:g}]{' (canvas units)' * coordinate}, found "
+            f"[{flat[:, j].min():.3g}, {flat[:, j].max():.3g}]; clip or squash "
+            f"({'tanh' if coordinate else 'sigmoid'}) them"
         )
     return strokes
 

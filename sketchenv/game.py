@@ -19,6 +19,7 @@ from torch import Tensor
 
 from sketchenv.datasets.cache import ImageCache, check_memory, describe
 from sketchenv.raster import COMPOSITES, KERNELS, render_strokes, to_rgb
+from sketchenv.strokes import StrokeFormat
 
 GAMES = ("original", "oo-same", "oo-different")
 
@@ -89,6 +90,7 @@ class SketchGame:
         kernel: str = "exp",
         composite: str = "softor",
         invert: bool = True,
+        stroke_format: StrokeFormat | str = "line",
         seed: int = 0,
         cache_bytes: int = 2**31,
         preload: bool = False,
@@ -125,6 +127,12 @@ class SketchGame:
         self.kernel = kernel
         self.composite = composite
         self.invert = bool(invert)
+        self.stroke_format = StrokeFormat.parse(stroke_format)
+        if self.stroke_format.colour and composite == "max":
+            raise ValueError(
+                "coloured strokes are composited with 'over': choose composite='over' (or "
+                "'softor', the same for colour)"
+            )
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.generator = torch.Generator().manual_seed(int(seed))
 
@@ -255,13 +263,15 @@ class SketchGame:
 
     # ----- rendering and scoring ------------------------------------------------------------
     def render(self, strokes: Tensor) -> Tensor:
-        """Strokes `[..., n_lines, 4]` in [-1, 1] -> RGB sketches `[..., 3, H, W]`, differentiably."""
+        """Strokes `[..., n_lines, stroke_format.size]` (coordinates in [-1, 1]) -> RGB
+        sketches `[..., 3, H, W]`, differentiably."""
         if not isinstance(strokes, Tensor) or not strokes.is_floating_point():
             raise TypeError(f"strokes must be a floating-point tensor, got {describe(strokes)}")
-        if strokes.dim() < 2 or tuple(strokes.shape[-2:]) != (self.n_lines, 4):
+        size = self.stroke_format.size
+        if strokes.dim() < 2 or tuple(strokes.shape[-2:]) != (self.n_lines, size):
             raise ValueError(
-                f"strokes must have shape [..., {self.n_lines}, 4] (n_lines strokes of x0, y0, x1, y1), "
-                f"got {list(strokes.shape)}"
+                f"strokes must have shape [..., {self.n_lines}, {size}] (n_lines strokes of "
+                f"{', '.join(self.stroke_format.columns)}), got {list(strokes.shape)}"
             )
         sketch = render_strokes(
             strokes,
@@ -270,8 +280,9 @@ class SketchGame:
             kernel=self.kernel,
             composite=self.composite,
             invert=self.invert,
+            stroke_format=self.stroke_format,
         )
-        return to_rgb(sketch)
+        return sketch if self.stroke_format.colour else to_rgb(sketch)
 
     def choose(self, scores: Tensor) -> Tensor:
         """The receiver's picks: argmax over candidates, `[B, G, C] -> [B, G]`."""

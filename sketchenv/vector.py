@@ -109,7 +109,7 @@ class SketchVectorEnv:
         return self._observations(), self._infos()
 
     def step(self, actions: Mapping):
-        """Phase 0: ``actions[sender_0]`` strokes ``[N, n_lines, 4]``; phase 1:
+        """Phase 0: ``actions[sender_0]`` strokes ``[N, n_lines, stroke size]``; phase 1:
         ``actions[receiver_0]`` choices ``[N]`` (the other agent's action is ignored)."""
         if self._phase is None:
             raise RuntimeError("step() called before reset(): call reset() first")
@@ -119,8 +119,8 @@ class SketchVectorEnv:
         terminations = {agent: np.zeros(n, bool) for agent in self.agents}
         truncations = {agent: np.zeros(n, bool) for agent in self.agents}
         if self._phase == 0:
-            shape = self._action_spaces[SENDER].shape
-            strokes = check_strokes(actions[SENDER], shape, f"{SENDER}'s batched action")
+            core, who = self.core, f"{SENDER}'s batched action"
+            strokes = check_strokes(actions[SENDER], core.stroke_format, core.n_lines, who, (n,))
             self._sketches = _to_hwc(self.core.render(torch.from_numpy(strokes)))
             self._phase = 1
             return self._observations(), rewards, terminations, truncations, self._infos()

@@ -8,9 +8,10 @@ need every agent to have the same spaces. :func:`shared_spaces` gives them:
   the sender and 1 for the receiver, and ``picture`` is the env's ``state()`` (sender's
   image, sketch, candidates side by side), flattened, with what this agent may not see set
   to 0: the sender sees only its image, the receiver only the sketch and the candidates;
-- action: one ``Box(-1, 1, (4 * n_lines + C,))``: the sender's strokes are its first
-  ``4 * n_lines`` numbers (``(x0, y0, x1, y1)`` per stroke), the receiver picks the argmax
-  of its last ``C``; ``infos[agent]["action_mask"]`` marks the numbers that count for the
+- action: one ``Box`` of ``size * n_lines + C`` numbers: the sender's strokes are its first
+  ``size * n_lines`` (its stroke format's ``size`` columns per stroke, within their bounds;
+  lines: ``(x0, y0, x1, y1)`` in [-1, 1]), the receiver picks the argmax of its last ``C``
+  (in [-1, 1]); ``infos[agent]["action_mask"]`` marks the numbers that count for the
   agent in the current phase (none for the agent that waits).
 
 The default ``Dict`` observations of ``sketchenv.parallel_env`` stay the env's own.
@@ -36,12 +37,18 @@ class SharedSpaces(BaseParallelWrapper):
         super().__init__(env)
         game = env.unwrapped
         self.n_lines, self.n_candidates = game.core.n_lines, game.n_candidates
+        self.stroke_size = game.core.stroke_format.size
+        self._n_stroke_numbers = self.stroke_size * self.n_lines
         height, width, _ = game.state_space.shape
         self._tile = width // (self.n_candidates + 2)  # one picture's width in the state
         size = 2 + height * width * 3
         self._observation_space = spaces.Box(0, 255, (size,), np.uint8)
+        sender = game.action_space(SENDER)
+        scores = np.ones(self.n_candidates, np.float32)
         self._action_space = spaces.Box(
-            -1.0, 1.0, (4 * self.n_lines + self.n_candidates,), np.float32
+            np.concatenate([sender.low.ravel(), -scores]),
+            np.concatenate([sender.high.ravel(), scores]),
+            dtype=np.float32,
         )
 
     def observation_space(self, agent: str) -> spaces.Box:
@@ -59,14 +66,16 @@ class SharedSpaces(BaseParallelWrapper):
         action = np.asarray(actions[acting], dtype=np.float32)
         if action.shape != self._action_space.shape:
             raise ValueError(
-                f"{acting}'s action must have shape {self._action_space.shape} (4 x "
+                f"{acting}'s action must have shape {self._action_space.shape} "
+                f"({self.stroke_size} x "
                 f"{self.n_lines} stroke numbers, then {self.n_candidates} candidate scores), "
                 f"got {action.shape}"
             )
         if acting == SENDER:
-            inner = {SENDER: action[: 4 * self.n_lines].reshape(self.n_lines, 4)}
+            strokes = action[: self._n_stroke_numbers].reshape(self.n_lines, self.stroke_size)
+            inner = {SENDER: strokes}
         else:
-            inner = {RECEIVER: int(np.argmax(action[4 * self.n_lines :]))}
+            inner = {RECEIVER: int(np.argmax(action[self._n_stroke_numbers :]))}
         observations, rewards, terminations, truncations, infos = self.env.step(inner)
         return (
             self._observations(observations),
@@ -91,7 +100,7 @@ class SharedSpaces(BaseParallelWrapper):
         }
 
     def _with_masks(self, infos: dict) -> dict:
-        strokes = 4 * self.n_lines
+        strokes = self._n_stroke_numbers
         for agent, info in infos.items():
             mask = np.zeros(self._action_space.shape, bool)
             if agent == SENDER and info["phase"] == 0:

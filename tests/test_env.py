@@ -563,7 +563,7 @@ def test_episode_and_win_counters_and_the_render_state():
     assert [s["episode"] for s in states] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [s["wins"] for s in states[1::2]] == wins and wins[-1] >= 1
     assert set(states[0]) == {"sender_image", "sketch", "candidates", "phase", "choice",
-                              "target", "episode", "wins", "n_lines"}  # fmt: skip
+                              "target", "episode", "wins", "n_lines", "stroke_format"}  # fmt: skip
     assert (states[0]["phase"], states[1]["phase"], states[0]["n_lines"]) == (0, 1, 3)
 
 
@@ -661,10 +661,11 @@ def test_seeds_up_to_two_to_the_63():
 
 def test_stroke_and_choice_checks_return_what_the_game_takes():
     from sketchenv.env import check_choices, check_strokes
+    from sketchenv.strokes import StrokeFormat
 
-    strokes = check_strokes(np.zeros((3, 4), np.float64), (3, 4), "x")
+    strokes = check_strokes(np.zeros((3, 4), np.float64), StrokeFormat(), 3, "x")
     assert strokes.dtype == np.float32 and strokes.shape == (3, 4)
-    assert check_strokes(torch.full((3, 4), -1.0), (3, 4), "x").min() == -1.0
+    assert check_strokes(torch.full((3, 4), -1.0), StrokeFormat(), 3, "x").min() == -1.0
     choices = check_choices(torch.tensor([1, 4], dtype=torch.int32), 2, 5)
     assert choices.dtype == np.int64 and choices.tolist() == [1, 4]
 
@@ -682,3 +683,65 @@ def test_aec_env_checks_the_senders_action_when_given_and_ignores_the_idle_agent
         aec.step(99)
     aec.step(2)
     assert all(aec.terminations.values())
+
+
+STROKE_FORMATS = ["quadratic", "cubic+opacity+colour", "line+width+opacity", "cubic+width+colour"]
+
+
+@pytest.mark.parametrize("stroke_format", STROKE_FORMATS)
+def test_pettingzoo_api_tests_pass_for_each_stroke_format(stroke_format):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Observation is not a NumPy array": Dict observations
+        parallel_api_test(make(stroke_format=stroke_format), num_cycles=10)
+        if "width" in stroke_format:
+            # api_test steps with all zeros, outside a width's Box [0.25, 4], which the env
+            # rightly refuses (test_stroke_options_out_of_range_are_refused_by_column).
+            return
+        api_test(sketchenv.env(dataset=NOISE, n_lines=3, n_distractors=4,
+                               stroke_format=stroke_format), num_cycles=10)  # fmt: skip
+
+
+def test_the_sender_space_follows_the_stroke_format():
+    env = make(stroke_format="cubic+width+opacity+colour")
+    space = env.action_space("sender_0")
+    assert space.shape == (3, 8 + 1 + 1 + 3) and space.dtype == np.float32
+    assert space.low[0].tolist() == [-1.0] * 8 + [0.25, 0.0, 0.0, 0.0, 0.0]
+    assert space.high[0].tolist() == [1.0] * 8 + [4.0, 1.0, 1.0, 1.0, 1.0]
+    assert np.array_equal(space.low[2], space.low[0])
+    assert make(stroke_format="quadratic").action_space("sender_0").shape == (3, 6)
+    env.reset(seed=0)
+    assert env.render_state()["stroke_format"] == "cubic+width+opacity+colour"
+
+
+def test_a_coloured_stroke_colours_the_receivers_sketch():
+    env = make(stroke_format="line+colour", n_lines=1)
+    env.reset(seed=0)
+    row8 = -1 + 8 * 2 / 15  # the centre of pixel row 8 of 16
+    red = np.array([[-0.8, row8, 0.8, row8, 1.0, 0.0, 0.0]], np.float32)
+    observations, *_ = env.step({"sender_0": red, "receiver_0": 0})
+    sketch = observations["receiver_0"]["sketch"]
+    assert sketch[8, 8].tolist() == [255, 0, 0]  # the stroke passes through this pixel centre
+    assert sketch[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        (0, 1.5, "stroke coordinates must lie in [-1, 1] (canvas units), found [-0.5, 1.5]"),
+        (8, 0.0, "'width' values must lie in [0.25, 4], found [0, 1]; clip or squash (sigmoid)"),
+        (9, 1.2, "'opacity' values must lie in [0, 1], found [0.5, 1.2]"),
+        (12, -0.1, "'b' values must lie in [0, 1], found [-0.1, 0.5]"),
+    ],
+)
+def test_stroke_options_out_of_range_are_refused_by_column(column, value, message):
+    env = make(stroke_format="cubic+width+opacity+colour")
+    env.reset(seed=0)
+    strokes = np.full((3, 13), 0.5, np.float32)
+    strokes[:, :8] = -0.5
+    strokes[:, 8] = 1.0
+    strokes[1, column] = value
+    with pytest.raises(ValueError) as err:
+        env.step({"sender_0": strokes, "receiver_0": 0})
+    assert message in str(err.value)
+    with pytest.raises(ValueError, match=r"shape \(3, 13\) \(n_lines strokes of x0, y0, .*, b\)"):
+        env.step({"sender_0": strokes[:, :4], "receiver_0": 0})
