@@ -54,6 +54,7 @@ def game_settings(game: SketchGame) -> dict[str, Any]:
         "kernel": game.kernel,
         "composite": game.composite,
         "invert": game.invert,
+        "stroke_format": str(game.stroke_format),
         "n_classes": game.n_classes,
         "classes": [str(c) for c in getattr(game.dataset, "classes", range(game.n_classes))],
     }

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from agents.backbones import BACKBONES
-from agents.losses import LOSSES
+from agents.losses import DRAWING_COSTS, LOSSES
 from agents.models import SCORES
 from agents.runs import THREADS, THREADS_HELP
 from agents.zoo import resolve_weights
 from sketchenv.game import GAMES
+from sketchenv.strokes import PRIMITIVES, StrokeFormat
 
 # Keys that may change when a run is resumed (they do not affect what is computed).
 RESUMABLE_OVERRIDES = (
@@ -68,6 +69,14 @@ class SelfPlayConfig:
         None, "stroke width sigma^2 in canvas units", "game", default_help="5e-4*(96/size)^2"
     )
     invert: bool = option(True, "black strokes on white", "game")
+    primitive: str = option(
+        "line", "what a stroke is (sketchenv.strokes)", "game", choices=tuple(PRIMITIVES)
+    )
+    stroke_width: bool = option(False, "each stroke has its own width (0.25-4 x sigma)", "game")
+    stroke_opacity: bool = option(
+        False, "each stroke has an opacity in [0, 1]: the sender may leave strokes out", "game"
+    )
+    stroke_colour: bool = option(False, "each stroke has RGB ink, composited over", "game")
     # The agents
     backbone: str = option("small", "the encoder's backbone", "agents", choices=BACKBONES)
     weights: str | None = option(
@@ -114,6 +123,16 @@ class SelfPlayConfig:
         "losses and optimisation",
         default_help="drawing: 4 2 1 1; others: all 1",
     )
+    drawing_cost: float = option(
+        0.0, "weight of the drawing cost (0 = off)", "losses and optimisation"
+    )
+    drawing_cost_kind: str = option(
+        "strokes",
+        "strokes: the strokes' mean opacity (needs --stroke-opacity); ink: the inked "
+        "fraction of the canvas",
+        "losses and optimisation",
+        choices=DRAWING_COSTS,
+    )
     epochs: int = option(6, "passes over the training split", "losses and optimisation")
     batch_size: int = option(100, "games per step (over all processes)", "losses and optimisation")
     lr: float = option(1e-3, "AdamW learning rate", "losses and optimisation")
@@ -158,6 +177,16 @@ class SelfPlayConfig:
 
     def replace(self, **changes: Any) -> SelfPlayConfig:
         return config_from_dict({**self.to_dict(), **changes})
+
+
+def stroke_format_of(config: SelfPlayConfig) -> StrokeFormat:
+    """The stroke format a config draws with (``--primitive`` and the ``--stroke-*`` flags)."""
+    return StrokeFormat(
+        config.primitive,
+        width=config.stroke_width,
+        opacity=config.stroke_opacity,
+        colour=config.stroke_colour,
+    )
 
 
 def default_sigma2(image_size: int) -> float:
@@ -269,6 +298,22 @@ def check_config(c: SelfPlayConfig) -> None:
         c.lines % c.curve_segments == 0,
         f"lines ({c.lines}) must be a multiple of curve_segments ({c.curve_segments}): the "
         f"sender draws lines / curve_segments curves, e.g. --lines 80 --curve-segments 4",
+    )
+    need(c.primitive in PRIMITIVES, f"primitive must be one of {list(PRIMITIVES)}")
+    need(
+        c.curve_segments == 1 or str(stroke_format_of(c)) == "line",
+        "curve_segments bends plain lines into curves; with --primitive quadratic or cubic, "
+        "or --stroke-width/--stroke-opacity/--stroke-colour, leave it at 1",
+    )
+    need(0 <= c.drawing_cost < math.inf, "drawing_cost must be a finite number >= 0")
+    need(
+        c.drawing_cost_kind in DRAWING_COSTS,
+        f"drawing_cost_kind must be one of {DRAWING_COSTS}",
+    )
+    need(
+        c.drawing_cost == 0 or c.drawing_cost_kind != "strokes" or c.stroke_opacity,
+        "the 'strokes' drawing cost counts strokes by their opacity: add --stroke-opacity "
+        "(or --drawing-cost-kind ink)",
     )
     need(c.sigma2 is None or c.sigma2 > 0, "sigma2 must be > 0 (or unset)")
     need(c.epochs >= 1, "epochs must be >= 1")

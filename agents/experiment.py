@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from agents.backbones import default_weights
-from agents.config import SelfPlayConfig, default_sigma2
+from agents.config import SelfPlayConfig, default_sigma2, stroke_format_of
 from agents.models import Receiver, Sender, build_agents
 from sketchenv.datasets import make_dataset
 from sketchenv.game import SketchGame
@@ -59,6 +59,7 @@ def make_game(
         n_lines=config.lines,
         sigma2=sigma2,
         invert=config.invert,
+        stroke_format=stroke_format_of(config),
         seed=config.seed,
     )
 
@@ -93,6 +94,7 @@ def make_agents(
         image_size=(int(image_size[0]), int(image_size[1])),
         n_lines=config.lines,
         curve_segments=config.curve_segments,
+        stroke_format=stroke_format_of(config),
         backbone=config.backbone,
         weights=config.weights,
         backbone_width=config.backbone_width,

@@ -1,4 +1,5 @@
-"""Game losses (multiclass hinge, cross-entropy) and the paper's perceptual loss."""
+"""Game losses (multiclass hinge, cross-entropy), the paper's perceptual loss and the
+drawing cost."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from torch import Tensor
 from torch.func import functional_call
 
 from agents.backbones import Backbone
+from sketchenv.strokes import StrokeFormat
 
 LOSSES = ("hinge", "ce")
+DRAWING_COSTS = ("strokes", "ink")
 
 
 def game_loss(scores: Tensor, targets: Tensor, kind: str = "hinge") -> Tensor:
@@ -26,6 +29,21 @@ def game_loss(scores: Tensor, targets: Tensor, kind: str = "hinge") -> Tensor:
     if kind == "ce":
         return F.cross_entropy(flat_scores, flat_targets)
     raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+
+
+def drawing_cost(
+    strokes: Tensor, sketches: Tensor, stroke_format: StrokeFormat, kind: str, paper: float
+) -> Tensor:
+    """The cost of drawing, averaged over sketches: ``strokes``, the strokes' mean opacity
+    (a soft count of the strokes used, over ``n_lines``); ``ink``, the mean distance of the
+    sketches ``[..., 3, H, W]`` from blank ``paper`` (1 white, 0 black)."""
+    if kind == "strokes":
+        if not stroke_format.opacity:
+            raise ValueError("the 'strokes' drawing cost needs strokes with opacity")
+        return stroke_format.style(strokes)[..., 1].mean()
+    if kind == "ink":
+        return (sketches.float() - paper).abs().mean()
+    raise ValueError(f"unknown drawing cost {kind!r}; choose one of {DRAWING_COSTS}")
 
 
 def perceptual_distance(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.backbones import Backbone, make_backbone
+from sketchenv.strokes import StrokeFormat
 
 SCORES = ("dot", "cosine")
 
@@ -74,12 +75,29 @@ def quadratic_segments(controls: Tensor, k: int) -> Tensor:
     return chords.flatten(-3, -2)
 
 
+def squash_strokes(raw: Tensor, stroke_format: StrokeFormat) -> Tensor:
+    """Unbounded outputs ``[..., n, size]`` -> strokes within the format's bounds:
+    coordinates tanh; width 4^tanh (in [1/4, 4], 1 at 0); opacity sigmoid(x + 2) and colour
+    sigmoid(x - 2), so that a fresh sender's strokes start drawn (0.88) and dark (0.12)."""
+    squash = {
+        "width": lambda x: 4.0 ** torch.tanh(x),
+        "opacity": lambda x: torch.sigmoid(x + 2),
+        **dict.fromkeys("rgb", lambda x: torch.sigmoid(x - 2)),
+    }
+    columns = [
+        squash.get(name, torch.tanh)(raw[..., j]) for j, name in enumerate(stroke_format.columns)
+    ]
+    return torch.stack(columns, dim=-1)
+
+
 class Sender(nn.Module):
     """Image -> strokes: encoder, MLP (paper: 64 -> 64 -> 256 -> n_lines*4), tanh.
 
-    With ``curve_segments`` = k > 1 the MLP gives ``n_lines / k`` quadratic Bézier curves
-    instead, each drawn as k chained lines (:func:`quadratic_segments`): the game still
-    receives ``n_lines`` lines, bent into smooth curves."""
+    The MLP gives ``n_lines`` strokes of ``stroke_format`` (lines by default; curves,
+    width, opacity and colour squashed into their ranges by :func:`squash_strokes`). With
+    ``curve_segments`` = k > 1 (lines only) it gives ``n_lines / k`` quadratic Bézier
+    curves instead, each drawn as k chained lines (:func:`quadratic_segments`): the game
+    still receives ``n_lines`` lines, bent into smooth curves."""
 
     def __init__(
         self,
@@ -87,24 +105,35 @@ class Sender(nn.Module):
         n_lines: int = 20,
         hidden: Sequence[int] = (64, 256),
         curve_segments: int = 1,
+        stroke_format: StrokeFormat | str = "line",
     ):
         super().__init__()
+        stroke_format = StrokeFormat.parse(stroke_format)
         if curve_segments < 1 or n_lines % curve_segments:
             raise ValueError(
                 f"n_lines ({n_lines}) must be a multiple of curve_segments ({curve_segments}):"
                 " the sender draws n_lines / curve_segments curves"
             )
+        if curve_segments > 1 and str(stroke_format) != "line":
+            raise ValueError(
+                "curve_segments bends plain lines; draw curves with stroke_format='quadratic'"
+            )
         self.encoder = encoder
         self.n_lines, self.curve_segments = n_lines, curve_segments
-        outputs = n_lines * 4 if curve_segments == 1 else n_lines // curve_segments * 6
+        self.stroke_format = stroke_format
+        outputs = (
+            n_lines * stroke_format.size if curve_segments == 1 else n_lines // curve_segments * 6
+        )
         self.decoder = mlp([encoder.latent_size, *hidden, outputs])
 
     def decode(self, latent: Tensor) -> Tensor:
-        """``[..., latent]`` -> strokes ``[..., n_lines, 4]`` in ``[-1, 1]``."""
-        out, lead = torch.tanh(self.decoder(latent)), latent.shape[:-1]
-        if self.curve_segments == 1:
-            return out.view(*lead, self.n_lines, 4)
-        return quadratic_segments(out.view(*lead, -1, 3, 2), self.curve_segments)
+        """``[..., latent]`` -> strokes ``[..., n_lines, stroke_format.size]``."""
+        out, lead = self.decoder(latent), latent.shape[:-1]
+        if self.curve_segments > 1:
+            return quadratic_segments(torch.tanh(out).view(*lead, -1, 3, 2), self.curve_segments)
+        if str(self.stroke_format) == "line":  # the paper's sender, bit for bit
+            return torch.tanh(out).view(*lead, self.n_lines, 4)
+        return squash_strokes(out.view(*lead, self.n_lines, -1), self.stroke_format)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.decode(self.encoder(images))
@@ -156,6 +185,7 @@ def build_agents(
     image_size: tuple[int, int],
     n_lines: int = 20,
     curve_segments: int = 1,
+    stroke_format: StrokeFormat | str = "line",
     backbone: str = "small",
     weights: str | None = None,
     backbone_width: int = 32,
@@ -184,6 +214,6 @@ def build_agents(
 
     sender_encoder = encoder()
     receiver_encoder = encoder() if separate_encoders else sender_encoder
-    sender = Sender(sender_encoder, n_lines, sender_hidden, curve_segments)
+    sender = Sender(sender_encoder, n_lines, sender_hidden, curve_segments, stroke_format)
     receiver = Receiver(receiver_encoder, receiver_hidden, receiver_out, score, score_scale)
     return sender, receiver

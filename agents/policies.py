@@ -35,6 +35,7 @@ from agents.checkpoint import game_settings, load_run
 from agents.config import SelfPlayConfig
 from agents.trainer import ReceiverFn, SenderFn, select_device
 from sketchenv.game import SketchGame
+from sketchenv.strokes import StrokeFormat
 
 
 class AgentPolicy:
@@ -42,7 +43,8 @@ class AgentPolicy:
     env policy.
 
     Args:
-        sender: ``sender(images [N, 3, H, W]) -> strokes [N, n_lines, 4]``, or None.
+        sender: ``sender(images [N, 3, H, W]) -> strokes [N, n_lines, size]`` (the game's
+            stroke format; lines: size 4), or None.
         receiver: ``receiver(sketches [B, G, 3, H, W], candidates [B, C, 3, H, W]) ->
             scores [B, G, C]``, or None.
         game: the game the agents were trained on, as a :class:`SketchGame` or its
@@ -83,6 +85,8 @@ class AgentPolicy:
         self.image_size = self._expected_image_size()
         self.n_lines = self.settings.get("n_lines", getattr(sender, "n_lines", None))
         self.n_candidates = self.settings.get("n_candidates")
+        trained_format = self.settings.get("stroke_format", getattr(sender, "stroke_format", None))
+        self.stroke_format = StrokeFormat.parse(trained_format or "line")
 
     @classmethod
     def from_checkpoint(
@@ -119,19 +123,23 @@ class AgentPolicy:
         return self.choose(observation) if phase == 1 else 0
 
     def draw(self, observation: Mapping[str, Any]) -> np.ndarray:
-        """Strokes ``float32 [n_lines, 4]`` in [-1, 1] for a sender observation."""
+        """Strokes ``float32 [n_lines, size]`` within the stroke format's bounds for a sender
+        observation."""
         image = self._image(observation, "image", "sender")
         with torch.no_grad(), self._eval_mode():
             strokes = self.sender(image[None])
-        if not isinstance(strokes, Tensor) or strokes.dim() != 3 or strokes.shape[-1] != 4:
+        size = self.stroke_format.size
+        if not isinstance(strokes, Tensor) or strokes.dim() != 3 or strokes.shape[-1] != size:
             raise ValueError(
-                f"the sender must return strokes [N, n_lines, 4], got {_describe(strokes)}"
+                f"the sender must return {self.stroke_format} strokes [N, n_lines, {size}], "
+                f"got {_describe(strokes)}"
             )
         if self.n_lines is not None and strokes.shape[1] != self.n_lines:
             raise ValueError(
                 f"the sender drew {strokes.shape[1]} strokes but its game has {self.n_lines}"
             )
-        return strokes[0].float().clamp(-1, 1).cpu().numpy()
+        low, high = (torch.from_numpy(b) for b in self.stroke_format.bounds())
+        return strokes[0].float().cpu().clamp(low, high).numpy()
 
     def choose(self, observation: Mapping[str, Any]) -> int:
         """The index of the candidate the receiver scores highest for the sketch."""
@@ -169,6 +177,11 @@ class AgentPolicy:
         if self.receiver is not None:
             problems.append(self._candidate_problem(env.action_space("receiver_0").n))
         core = getattr(getattr(env, "unwrapped", env), "core", None)
+        if core is not None and core.stroke_format != self.stroke_format:
+            problems.append(
+                f"the env's strokes are {core.stroke_format}, these agents draw and read "
+                f"{self.stroke_format}"
+            )
         if core is not None and self.settings:
             if "invert" in self.settings and bool(core.invert) != bool(self.settings["invert"]):
                 problems.append(
@@ -209,6 +222,7 @@ class AgentPolicy:
                 "kernel",
                 "composite",
                 "invert",
+                "stroke_format",
             )
             if key in self.settings
         }
@@ -286,7 +300,8 @@ class AgentPolicy:
 
     def _blank_strokes(self) -> np.ndarray:
         """The idle sender's placeholder (the env ignores it); shaped like a real action."""
-        return np.zeros((self.n_lines or 1, 4), np.float32)
+        low, high = self.stroke_format.bounds()
+        return np.broadcast_to(np.clip(0, low, high), (self.n_lines or 1, len(low))).copy()
 
 
 def candidate_images(observation: Mapping[str, Any]) -> list[np.ndarray]:

@@ -148,6 +148,8 @@ class Trainer(Loop):
             perceptual_net=perceptual_net,
             perceptual_weights=config.perceptual_weights or (),
             perceptual_coef=config.perceptual_coef,
+            drawing_cost=config.drawing_cost,
+            drawing_cost_kind=config.drawing_cost_kind,
         )
         backbone = self.receiver.encoder.backbone
         frozen = not any(p.requires_grad for p in backbone.parameters())

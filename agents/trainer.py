@@ -18,9 +18,16 @@ from torch import Tensor, nn
 
 from agents.backbones import Backbone
 from agents.features import FeatureCache
-from agents.losses import check_tap_weights, game_loss, perceptual_distance, perceptual_loss
+from agents.losses import (
+    check_tap_weights,
+    drawing_cost,
+    game_loss,
+    perceptual_distance,
+    perceptual_loss,
+)
 from agents.models import Encoder, Receiver, Sender
 from sketchenv.game import GameBatch, SketchGame
+from sketchenv.strokes import strokes_used
 
 SenderFn = Callable[[Tensor], Tensor]
 ReceiverFn = Callable[[Tensor, Tensor], Tensor]
@@ -30,7 +37,7 @@ ReceiverFn = Callable[[Tensor, Tensor], Tensor]
 class Outcome:
     """What one batch of games produced."""
 
-    strokes: Tensor  # [B, G, n_lines, 4]
+    strokes: Tensor  # [B, G, n_lines, stroke size]
     sketches: Tensor  # [B, G, 3, H, W]
     scores: Tensor  # [B, G, C]
     # With play(taps=...): the senders' images' and the sketches' activations at those
@@ -189,10 +196,13 @@ class GameLoss(nn.Module):
         perceptual_net: Backbone | None = None,
         perceptual_weights: Sequence[float] = (),
         perceptual_coef: float = 0.0,
+        drawing_cost: float = 0.0,
+        drawing_cost_kind: str = "strokes",
         features: FeatureCache | None = None,
     ) -> None:
         super().__init__()
         self.sender, self.receiver, self.game, self.features = sender, receiver, game, features
+        self.drawing = (drawing_cost, drawing_cost_kind)
         self.loss_options = {
             "loss": loss,
             "perceptual_net": perceptual_net,
@@ -220,6 +230,14 @@ class GameLoss(nn.Module):
             self.sender, self.receiver, self.game, batch, taps=self.taps, features=self.features
         )
         loss, stats = compute_loss(outcome, batch, **self.loss_options)
+        coef, kind = self.drawing
+        if coef > 0:
+            paper = float(self.game.invert)
+            cost = drawing_cost(
+                outcome.strokes, outcome.sketches, self.game.stroke_format, kind, paper
+            )
+            loss = loss + coef * cost
+            stats.update({"loss/drawing": cost.item(), "loss/total": loss.item()})
         return loss * weight, outcome, stats
 
 
@@ -294,7 +312,7 @@ def evaluate(
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
-    totals = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0}
+    totals = {"loss": 0.0, "comm_rate": 0.0, "class_rate": 0.0, "strokes_used": 0.0}
     n_games, first = 0, None
     try:
         for batch in batches:
@@ -306,6 +324,8 @@ def evaluate(
             totals["loss"] += game_loss(outcome.scores.float(), batch.targets, loss).item() * count
             totals["comm_rate"] += rates["comm_rate"] * count
             totals["class_rate"] += rates["class_rate"] * count
+            used = strokes_used(outcome.strokes, game.stroke_format)
+            totals["strokes_used"] += float(used.sum())
             n_games += count
             if first is None:
                 first = (batch, outcome)

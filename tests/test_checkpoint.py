@@ -57,7 +57,8 @@ def test_game_settings_record_what_rebuilds_the_game():
     assert settings == {
         "game": "original", "image_size": [32, 32], "n_distractors": 4, "n_candidates": 5,
         "n_lines": 7, "sigma2": 1e-3, "kernel": game.kernel, "composite": game.composite,
-        "invert": True, "n_classes": 12, "classes": list(game.dataset.classes),
+        "invert": True, "stroke_format": "line", "n_classes": 12,
+        "classes": list(game.dataset.classes),
     }  # fmt: skip
     assert all(isinstance(c, str) for c in settings["classes"]) and len(settings["classes"]) == 12
 

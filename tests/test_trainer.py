@@ -383,6 +383,7 @@ def test_evaluate_weights_each_batch_by_its_games_and_restores_modes():
         "loss": pytest.approx(mean(losses)),
         "comm_rate": pytest.approx(mean([c["comm_rate"] for c in choices])),
         "class_rate": pytest.approx(mean([c["class_rate"] for c in choices])),
+        "strokes_used": 4.0,  # every stroke, in a format without opacity
         "games": 16,
     }
     assert first[0] is not None and torch.equal(first[0].targets, batches[0].targets)

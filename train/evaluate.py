@@ -115,20 +115,27 @@ def make_recogniser(
 
 # ----- what plays -----------------------------------------------------------------------------
 def check_pairing(sender_run: Run, receiver_run: Run) -> None:
-    """A receiver reads sketches of one size, stroke count and polarity: refuse other
-    pairings; warn when the stroke width or rasteriser differs."""
+    """A receiver reads sketches of one size, stroke count, stroke format and polarity:
+    refuse other pairings; warn when the stroke width or rasteriser differs."""
     s, r = sender_run.game, receiver_run.game
+    keys = (
+        ("image size", "image_size"),
+        ("lines", "n_lines"),
+        ("stroke format", "stroke_format"),
+        ("invert", "invert"),
+    )
     differences = [
-        f"{name}: {s[key]} vs {r[key]}"
-        for name, key in (("image size", "image_size"), ("lines", "n_lines"), ("invert", "invert"))
-        if list(np.atleast_1d(s[key])) != list(np.atleast_1d(r[key]))
+        f"{name}: {s.get(key, 'line')} vs {r.get(key, 'line')}"  # runs before formats drew lines
+        for name, key in keys
+        if list(np.atleast_1d(s.get(key, "line"))) != list(np.atleast_1d(r.get(key, "line")))
     ]
     if differences:
         raise ValueError(
             f"cannot pair the sender of {sender_run.path} with the receiver of "
             f"{receiver_run.path}: their games differ ({'; '.join(differences)}). "
-            "A receiver only reads sketches of the size, stroke count and polarity it was "
-            "trained on; pair runs trained with the same --image-size, --lines and --invert"
+            "A receiver only reads sketches of the size, stroke count, stroke format and "
+            "polarity it was trained on; pair runs trained with the same --image-size, "
+            "--lines, --primitive, --stroke-* options and --invert"
         )
     drawn = {k: s.get(k) for k in ("sigma2", "kernel", "composite")}
     read = {k: r.get(k) for k in drawn}
