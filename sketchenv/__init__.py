@@ -2,13 +2,16 @@
 
 `sketchenv.parallel_env(...)` and `sketchenv.env(...)` give the game to any policy,
 `sketchenv.vector_env(num_envs, ...)` N games at once for reinforcement learning;
-`sketchenv.game.SketchGame` is the batched, differentiable core the self-play trainer uses.
+`sketchenv.game.SketchGame` is the batched, differentiable core the self-play trainer uses;
+`sketchenv.StrokeFormat` says what a stroke is (lines, Bézier curves, width, opacity, colour)
+and `sketchenv.strokes_to_svg` writes a sketch's strokes as SVG.
 """
 
 import pettingzoo
 
 from sketchenv.env import SketchParallelEnv, env, parallel_env, raw_env
 from sketchenv.game import GAMES, GameBatch, SketchGame
+from sketchenv.strokes import StrokeFormat, strokes_to_svg
 from sketchenv.vector import SketchVectorEnv, vector_env
 
 __all__ = [
@@ -17,9 +20,11 @@ __all__ = [
     "SketchGame",
     "SketchParallelEnv",
     "SketchVectorEnv",
+    "StrokeFormat",
     "env",
     "parallel_env",
     "raw_env",
+    "strokes_to_svg",
     "vector_env",
 ]
 

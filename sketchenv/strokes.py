@@ -221,23 +221,30 @@ def strokes_used(strokes: Tensor, stroke_format: StrokeFormat) -> Tensor:
 def strokes_to_svg(
     strokes: Tensor,
     stroke_format: StrokeFormat | str = "line",
+    *,
     size: int = 256,
     sigma2: float = 5e-4,
+    invert: bool = True,
 ) -> str:
-    """One sketch's strokes ``[n, size]`` as an SVG document ``size`` pixels square: one
-    ``<path>`` per stroke (M/L, Q or C), black strokes on white unless coloured, each of
-    width ≈ the rendered line's (2σ·width, in canvas units) and its opacity."""
+    """One sketch's strokes ``[n, size]`` as an SVG document ``size`` pixels square, in
+    canvas coordinates (viewBox [-1, 1]²): one ``<path>`` per stroke (``L``, ``Q`` or ``C``),
+    2σ·width wide (about the rendered line's visible width), with its opacity and colour.
+    Paper and default ink follow `render_strokes`: black on white, white on black when
+    ``invert`` is False."""
     stroke_format = StrokeFormat.parse(stroke_format)
     stroke_format.check(strokes)
     if strokes.ndim != 2:
         raise ValueError(f"strokes_to_svg draws one sketch [n, size], got {tuple(strokes.shape)}")
     values = strokes.detach().double().cpu()
-    points = stroke_format.points(values).tolist()
-    style = stroke_format.style(values).tolist()
+    style = stroke_format.style(values)
+    if not stroke_format.colour and not invert:
+        style[:, 2:] = 1.0  # white ink on black paper
     command = {"line": "L", "quadratic": "Q", "cubic": "C"}[stroke_format.primitive]
     paths = []
-    for stroke_points, (width, opacity, *rgb) in zip(points, style, strict=True):
-        (x0, y0), *rest = stroke_points
+    for points, (width, opacity, *rgb) in zip(
+        stroke_format.points(values).tolist(), style.tolist(), strict=True
+    ):
+        (x0, y0), *rest = points
         data = f"M {x0:.5g} {y0:.5g} {command} " + " ".join(f"{x:.5g} {y:.5g}" for x, y in rest)
         colour = "#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in rgb))
         paths.append(
@@ -245,11 +252,12 @@ def strokes_to_svg(
             f'stroke-width="{2 * math.sqrt(sigma2) * width:.5g}" '
             f'stroke-opacity="{opacity:.4g}" fill="none" stroke-linecap="round"/>'
         )
+    paper = "white" if invert else "black"
     return "\n".join(
         [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
             'viewBox="-1 -1 2 2">',
-            '  <rect x="-1" y="-1" width="2" height="2" fill="white"/>',
+            f'  <rect x="-1" y="-1" width="2" height="2" fill="{paper}"/>',
             *paths,
             "</svg>",
             "",

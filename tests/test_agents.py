@@ -448,3 +448,58 @@ def test_corrupt_or_mismatched_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         load_run(tmp_path / "empty")
+
+
+def test_squash_strokes_keeps_every_column_in_its_range_and_starts_drawn_and_dark():
+    from agents.models import squash_strokes
+    from sketchenv.strokes import StrokeFormat
+
+    stroke_format = StrokeFormat.parse("quadratic+width+opacity+colour")
+    raw = torch.cat([torch.full((1, 11), -1e4), torch.zeros(1, 11), torch.full((1, 11), 1e4)])
+    strokes = squash_strokes(raw[:, None], stroke_format)[:, 0]  # [3 rows, 11 columns]
+    low, high = (torch.from_numpy(b) for b in stroke_format.bounds())
+    torch.testing.assert_close(strokes[0], low)
+    torch.testing.assert_close(strokes[2], high)
+    middle = strokes[1].tolist()
+    assert middle[:6] == [0.0] * 6 and middle[6] == 1.0  # centred points, width x1
+    assert middle[7] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())  # drawn
+    assert middle[8:] == pytest.approx([torch.sigmoid(torch.tensor(-2.0)).item()] * 3)  # dark
+
+
+def test_drawing_costs_by_hand():
+    from agents.losses import drawing_cost
+    from sketchenv.strokes import StrokeFormat
+
+    opaque = StrokeFormat("line", opacity=True)
+    strokes = torch.zeros(2, 3, 5)
+    strokes[..., 4] = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.0, 0.25]])
+    sketches = torch.ones(2, 3, 4, 4)
+    sketches[0, :, 0, 0] = 0.0  # one black pixel of 16 on white paper
+    assert drawing_cost(strokes, sketches, opaque, "strokes", 1.0).item() == pytest.approx(1.75 / 6)
+    assert drawing_cost(strokes, sketches, opaque, "ink", 1.0).item() == pytest.approx(1 / 32)
+    assert drawing_cost(strokes, 1 - sketches, opaque, "ink", 0.0).item() == pytest.approx(1 / 32)
+    with pytest.raises(ValueError, match="the 'strokes' drawing cost needs strokes with opacity"):
+        drawing_cost(strokes[..., :4], sketches, StrokeFormat(), "strokes", 1.0)
+    with pytest.raises(ValueError, match="unknown drawing cost 'time'"):
+        drawing_cost(strokes, sketches, opaque, "time", 1.0)
+
+
+def test_the_drawing_cost_teaches_the_sender_to_leave_strokes_out():
+    """A GameLoss whose only incentive is the strokes cost lowers every opacity."""
+    from agents.trainer import GameLoss
+
+    game = SketchGame(Blobs(8), "original", n_distractors=3, n_lines=4,
+                      stroke_format="line+opacity")  # fmt: skip
+    sender, receiver = build_agents(image_size=(16, 16), n_lines=4, backbone_width=4,
+                                    stroke_format="line+opacity")  # fmt: skip
+    model = GameLoss(sender, receiver, game, drawing_cost=100.0, drawing_cost_kind="strokes")
+    batch = next(iter(game.epoch(2, torch.Generator().manual_seed(0))))
+    before = sender(batch.sender_images)[..., 4].mean().item()
+    optimizer = torch.optim.SGD(sender.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss, _, stats = model(batch)
+        loss.backward()
+        optimizer.step()
+    assert stats["loss/drawing"] > 0 and stats["loss/total"] > stats["loss/game"]
+    assert sender(batch.sender_images)[..., 4].mean().item() < before - 0.05

@@ -238,6 +238,55 @@ def test_a_curve_run_trains_reloads_evaluates_and_plays_the_env(folder, tmp_path
         selfplay.main(tiny_args(folder, tmp_path / "bad", "--curve-segments", "3"))
 
 
+def test_a_stroke_format_run_trains_reloads_evaluates_and_plays_the_env(folder, tmp_path):
+    """Cubic curves with width, opacity and colour and the strokes drawing cost: the
+    format reaches the sender, the checkpoint, train.evaluate (strokes used, SVG) and the
+    env through AgentPolicy, which refuses an env of another format."""
+    from train import evaluate
+
+    options = ["--primitive", "cubic", "--stroke-width", "--stroke-opacity", "--stroke-colour"]
+    args = tiny_args(folder, tmp_path / "run", *options, "--drawing-cost", "0.5")
+    selfplay.main([*args, "--max-steps", "2"])
+    run = load_run(tmp_path / "run")
+    assert str(run.sender.stroke_format) == "cubic+width+opacity+colour"
+    assert run.sender.decoder[-1].out_features == 4 * 13
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert rows  # the drawing cost trained without error; its value is logged by the step
+    eval_args = [str(tmp_path / "run"), "--split", "val", "--output", str(tmp_path / "eval")]
+    results = evaluate.main([*eval_args, "--grid", "3"])
+    used = results["strokes_used"]
+    assert 0 <= used["mean"] <= 4 and sum(used["histogram"].values()) == results["games"]
+    svgs = sorted((tmp_path / "eval" / "sketches-svg").glob("*.svg"))
+    assert [p.name for p in svgs] == ["000.svg", "001.svg", "002.svg"]
+    assert svgs[0].read_text().count("<path") == 4 and " C " in svgs[0].read_text()
+    games = [json.loads(line) for line in (tmp_path / "eval" / "games.jsonl").open()]
+    assert sum(g["strokes_used"] for g in games) == pytest.approx(used["mean"] * len(games))
+    policy = AgentPolicy.from_checkpoint(tmp_path / "run")
+    env = sketchenv.parallel_env(**policy.env_options(split="val"))
+    policy.check_env(env)
+    observations, _ = env.reset(seed=0)
+    action = policy(observations["sender_0"], "sender_0")
+    assert env.action_space("sender_0").contains(action) and action.shape == (4, 13)
+    lines = sketchenv.parallel_env(**policy.env_options(split="val", stroke_format="line"))
+    with pytest.raises(ValueError) as err:
+        policy.check_env(lines)
+    assert "the env's strokes are line, these agents draw and read cubic+width" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--drawing-cost", "1"], "the 'strokes' drawing cost counts strokes by their opacity"),
+        (["--primitive", "cubic", "--curve-segments", "2"], "curve_segments bends plain lines"),
+        (["--primitive", "spline"], "invalid choice: 'spline'"),
+    ],
+)
+def test_stroke_options_that_cannot_work_are_refused(folder, tmp_path, flags, message, capsys):
+    with pytest.raises((ValueError, SystemExit)) as err:
+        selfplay.main(tiny_args(folder, tmp_path / "bad", *flags))
+    assert message in str(err.value) + capsys.readouterr().err
+
+
 def test_pretrained_weights_and_perceptual_network_options(folder, tmp_path):
     torch.manual_seed(5)
     pretrained = make_backbone("small", "none", width=4)

@@ -10,12 +10,14 @@ plays the same games. Written atomically to ``--output`` (default
 ``<run>/eval-<split>-<game>/``):
 
 * ``metrics.json``  communication rate (pooled, and mean +- std over batches), class
-  communication rate, chance, loss, per-class rates (by the target's class), settings,
-  and the sketches' *recognisability* (below);
+  communication rate, chance, loss, per-class rates (by the target's class), strokes
+  used per sketch (mean, std and histogram; strokes with opacity > 0.5 when the stroke
+  format has opacity, else all), settings, and the sketches' *recognisability* (below);
 * ``games.jsonl``   one record per game: candidate ids (dataset indices), target, choice,
-  correct, class_correct, the sender's image id and class names;
+  correct, class_correct, strokes used, the sender's image id and class names;
 * ``sketches.png``  the first games: the sender's image, its sketch and the receiver's
-  pick, framed green when the pick is right and red when it is wrong.
+  pick, framed green when the pick is right and red when it is wrong;
+* ``sketches-svg/``  those games' sketches as SVG (``sketchenv.strokes_to_svg``).
 
 Recognisability is the accuracy with which an independent classifier (``--recogniser``:
 a supervised weights file of ``python -m train.pretrain``, trained on the dataset's real
@@ -53,6 +55,7 @@ from agents.recognise import Recogniser, check_independent, shipped_recogniser
 from agents.selfplay import validation_batches
 from agents.trainer import Outcome, autocast, play
 from sketchenv.game import GameBatch, SketchGame
+from sketchenv.strokes import strokes_to_svg, strokes_used
 from train.flags import run_command
 
 GREEN, RED = (0.1, 0.7, 0.2), (0.85, 0.1, 0.1)
@@ -205,7 +208,10 @@ def batch_results(
         "class_correct": (picked_labels == batch.sender_labels).flatten(),
         "labels": batch.sender_labels.flatten(),
         "records": game_records(batch, choices, 0, index, classes),
+        "strokes_used": strokes_used(outcome.strokes.flatten(0, 1), game.stroke_format).cpu(),
     }
+    for record, used in zip(results["records"], results["strokes_used"].tolist(), strict=True):
+        record["strokes_used"] = used
     if recogniser is not None:
         names = recogniser(sketches).cpu()
         results["recognised"] = names == results["labels"]
@@ -271,6 +277,14 @@ def sketch_sheet(batch: GameBatch, sketches: Tensor, choices: Tensor, n: int = 1
     framed = frame.expand(n, 3, triples.shape[-2] + 6, triples.shape[-1] + 6).clone()
     framed[..., 3:-3, 3:-3] = triples
     return make_grid(framed, nrow=4, padding=4, pad_value=1.0)
+
+
+def sheet_svgs(game: SketchGame, strokes: Tensor, n: int) -> list[str]:
+    """The first ``n`` sketches of a batch (those of :func:`sketch_sheet`) as SVG documents."""
+    flat = strokes.flatten(0, 1)[:n].float().cpu()
+    return [
+        strokes_to_svg(s, game.stroke_format, sigma2=game.sigma2, invert=game.invert) for s in flat
+    ]
 
 
 def summarise(
@@ -352,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"evaluating {n_batches} batches of {game.game} -> {output}", flush=True)
     bar = tqdm(batches, total=n_batches, desc="evaluate", unit="batch", leave=False,
                disable=not processes.main)  # fmt: skip
-    played, sheet = [], None
+    played, sheet, vectors = [], None, []
     with torch.no_grad():
         for index, batch in enumerate(bar):
             if index % processes.world != processes.rank:
@@ -363,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             choices = game.choose(outcome.scores)
             if index == 0 and args.grid:
                 sheet = sketch_sheet(batch, outcome.sketches, choices, args.grid)
+                vectors = sheet_svgs(game, outcome.strokes, args.grid)
             played.append(
                 batch_results(
                     game, index, batch, outcome, choices, run.config.loss, recogniser, classes
@@ -393,6 +408,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     weights = torch.tensor([float(r.numel()) for r in correct])
     results["loss"] = float((torch.tensor(losses) * weights).sum() / weights.sum())
     results["chance"] = 1 / game.n_candidates
+    used = torch.cat([p["strokes_used"] for p in played])
+    results["strokes_used"] = {
+        "mean": used.float().mean().item(),
+        "std": used.float().std(unbiased=False).item(),
+        "histogram": {str(k): int(c) for k, c in enumerate(torch.bincount(used)) if c},
+    }
     if recogniser is not None:
         recognised = torch.cat([p["recognised"] for p in played])
         image_recognised = torch.cat([p["image_recognised"] for p in played])
@@ -413,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "n_candidates": game.n_candidates,
         "image_size": list(game.image_size),
         "n_lines": game.n_lines,
+        "stroke_format": str(game.stroke_format),
         "games_per_batch": blocks_per_batch * game.n_candidates,
         "sampling": "one pass" if args.games is None and args.batches is None else "random",
         "seed": args.seed,
@@ -423,8 +445,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         png = io.BytesIO()
         save_image(sheet, png, format="png")
         write_atomic(output / "sketches.png", png.getvalue())
+        make_folder(output / "sketches-svg")
+        for i, svg in enumerate(vectors):
+            write_atomic(output / "sketches-svg" / f"{i:03d}.svg", svg.encode())
     print(format_summary(results), flush=True)
-    written = ["metrics.json", "games.jsonl"] + (["sketches.png"] if sheet is not None else [])
+    written = ["metrics.json", "games.jsonl"]
+    written += ["sketches.png", "sketches-svg/"] if sheet is not None else []
     print(f"wrote {', '.join(written)} in {output}")
     return results
 
@@ -438,6 +464,8 @@ def format_summary(results: dict[str, Any]) -> str:
         f" (chance {results['chance']:.4f})",
         f"class communication rate {results['class_rate_mean']:.4f} +- "
         f"{results['class_rate_std']:.4f}",
+        f"strokes used per sketch {results['strokes_used']['mean']:.2f} +- "
+        f"{results['strokes_used']['std']:.2f} of {s['n_lines']} ({s['stroke_format']})",
     ]
     if "recognisability" in results:
         lines.append(
