@@ -6,13 +6,15 @@
 * :func:`stroke_ablation`: how much communication is lost when strokes are taken out.
 * :func:`drawing_statistics`: stroke lengths, ink per sketch, where the ink goes.
 
-Senders are callables ``images [N, 3, H, W] -> strokes [N, L, 4]`` and receivers
+Senders are callables ``images [N, 3, H, W] -> strokes [N, L, size]`` (the game's stroke
+format; lines: size 4) and receivers
 ``(sketches [B, G, 3, H, W], candidates [B, C, 3, H, W]) -> scores [B, G, C]``, as in
 :func:`agents.trainer.play`, so every measure can be checked on a case with a known answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -22,6 +24,7 @@ from torch import Tensor
 from agents.models import Receiver
 from sketchenv.game import GameBatch, SketchGame
 from sketchenv.raster import render_strokes
+from sketchenv.strokes import StrokeFormat, polyline
 
 # A removed stroke is parked here: far outside the canvas, it inks no pixel.
 PARKED = -4.0
@@ -52,28 +55,33 @@ def pixel_distances(images: Tensor) -> Tensor:
     return torch.cdist(flat, flat)
 
 
-def stroke_set_distances(strokes: Tensor, chunk_elements: int = 2**23) -> Tensor:
-    """``[N, L, 4] -> [N, N]``: symmetric Chamfer distance between sketches' sets of segments.
+def stroke_set_distances(
+    strokes: Tensor, stroke_format: StrokeFormat | str = "line", chunk_elements: int = 2**23
+) -> Tensor:
+    """``[N, L, size] -> [N, N]``: symmetric Chamfer distance between sketches' sets of
+    strokes.
 
-    Each segment is matched to the nearest segment of the other sketch (Euclidean distance
-    of the end points, taking the better of the two directions, since a segment drawn
-    from either end is the same), averaged over both sketches: neither the order of the
-    strokes nor the order of a stroke's end points matters.
+    Each stroke is matched to the nearest stroke of the other sketch (Euclidean distance
+    of its numbers, taking the better of the two directions, since a stroke drawn from
+    either end is the same), averaged over both sketches: neither the order of the
+    strokes nor the order of a stroke's control points matters.
     """
     n, n_lines = strokes.shape[:2]
     strokes = strokes.double()
-    flipped = strokes[..., [2, 3, 0, 1]]
+    m = StrokeFormat.parse(stroke_format).n_points
+    reverse = [2 * p + axis for p in reversed(range(m)) for axis in (0, 1)]
+    flipped = strokes[..., reverse + list(range(2 * m, strokes.shape[-1]))]
     out = torch.empty(n, n, dtype=torch.float64)
     step = max(1, chunk_elements // (n * n_lines * n_lines))
     for start in range(0, n, step):
-        a = strokes[start : start + step]  # [c, L, 4]
+        a = strokes[start : start + step]  # [c, L, size]
         d = torch.minimum(segment_distances(a, strokes), segment_distances(a, flipped))
         out[start : start + step] = (d.amin(-1).mean(-1) + d.amin(-2).mean(-1)) / 2
     return out
 
 
 def segment_distances(a: Tensor, b: Tensor) -> Tensor:
-    """``[c, L, 4] x [N, M, 4] -> [c, N, L, M]`` Euclidean distances of end-point vectors."""
+    """``[c, L, k] x [N, M, k] -> [c, N, L, M]`` Euclidean distances of stroke vectors."""
     squared = (
         a.pow(2).sum(-1)[:, None, :, None]
         + b.pow(2).sum(-1)[None, :, None, :]
@@ -130,7 +138,7 @@ def scorer(receiver: Callable, candidates: Tensor) -> Callable[[Tensor], Tensor]
 
 
 def draw(sender: Callable, batch: GameBatch) -> Tensor:
-    """The sender's strokes ``[B, G, L, 4]`` for a batch of games."""
+    """The sender's strokes ``[B, G, L, size]`` for a batch of games."""
     strokes = sender(batch.sender_images.flatten(0, 1))
     return strokes.view(*batch.targets.shape, *strokes.shape[1:]).float()
 
@@ -163,7 +171,12 @@ def cross_play(
 
 # ----- stroke ablation -----------------------------------------------------------------------
 def stroke_ink(game: SketchGame, strokes: Tensor) -> Tensor:
-    """``[..., L, 4] -> [..., L]``: the ink of each stroke drawn alone, in pixels."""
+    """``[..., L, size] -> [..., L]``: the ink of each stroke drawn alone, in pixels (its
+    alpha: a coloured stroke counts as if it were black)."""
+    stroke_format = game.stroke_format
+    if stroke_format.colour:
+        strokes = strokes[..., :-3]
+        stroke_format = dataclasses.replace(stroke_format, colour=False)
     alone = render_strokes(
         strokes.unsqueeze(-2),
         game.image_size,
@@ -171,14 +184,17 @@ def stroke_ink(game: SketchGame, strokes: Tensor) -> Tensor:
         kernel=game.kernel,
         composite=game.composite,
         invert=False,
+        stroke_format=stroke_format,
     )
     return alone.sum((-2, -1))
 
 
-def remove_strokes(strokes: Tensor, removed: Tensor) -> Tensor:
-    """``strokes [..., L, 4]`` with the strokes where ``removed [..., L]`` is True parked
-    off the canvas, so the sketch is drawn without them."""
-    return torch.where(removed.unsqueeze(-1), torch.full_like(strokes, PARKED), strokes)
+def remove_strokes(game: SketchGame, strokes: Tensor, removed: Tensor) -> Tensor:
+    """``strokes [..., L, size]`` with the strokes where ``removed [..., L]`` is True parked
+    off the canvas (all their control points), so the sketch is drawn without them."""
+    points = torch.zeros(strokes.shape[-1], dtype=torch.bool, device=strokes.device)
+    points[: 2 * game.stroke_format.n_points] = True
+    return torch.where(removed.unsqueeze(-1) & points, PARKED, strokes)
 
 
 @torch.no_grad()
@@ -201,7 +217,7 @@ def stroke_ablation(
             removed = torch.zeros(strokes.shape[:-1], dtype=torch.bool, device=strokes.device)
             removed[..., k] = True
             wins["by_index"][k] += hits(
-                game, score, game.render(remove_strokes(strokes, removed)), batch
+                game, score, game.render(remove_strokes(game, strokes, removed)), batch
             )
         order = stroke_ink(game, strokes).argsort(-1, descending=True)
         position = order.argsort(-1)  # 0 = the inkiest stroke of its sketch
@@ -211,7 +227,7 @@ def stroke_ablation(
                 ("least_ink_first", position >= n_lines - k),
             ):
                 wins[key][k] += hits(
-                    game, score, game.render(remove_strokes(strokes, removed)), batch
+                    game, score, game.render(remove_strokes(game, strokes, removed)), batch
                 )
     n_games = sum(batch.targets.numel() for batch in batches)
     return {key: [won / n_games for won in value] for key, value in wins.items()}
@@ -219,15 +235,17 @@ def stroke_ablation(
 
 # ----- what the drawings look like ----------------------------------------------------------
 def drawing_statistics(game: SketchGame, strokes: Tensor, sketches: Tensor) -> dict[str, Tensor]:
-    """Per-stroke lengths (fraction of the canvas width), ink per sketch (fraction of the
-    canvas inked), the mean ink per pixel (where ink goes: ``[H, W]``), and the strokes per
-    sketch that ink at least one pixel (a stroke may lie off the canvas)."""
-    ends = strokes.view(-1, game.n_lines, 2, 2)
-    lengths = (ends[:, :, 1] - ends[:, :, 0]).norm(dim=-1) / 2  # the canvas is 2 wide
+    """Per-stroke lengths (fraction of the canvas width; a curve's along its polyline),
+    ink per sketch (fraction of the canvas inked), the mean ink per pixel (where ink goes:
+    ``[H, W]``), and the strokes per sketch that ink at least one pixel (a stroke may lie
+    off the canvas, or have no opacity)."""
+    flat = strokes.reshape(-1, game.n_lines, strokes.shape[-1])
+    points = polyline(game.stroke_format.points(flat), 1e-3)
+    lengths = points.diff(dim=-2).norm(dim=-1).sum(-1) / 2  # the canvas is 2 wide
     ink = 1 - sketches if game.invert else sketches
     return {
         "stroke_length": lengths.flatten(),
         "ink_per_sketch": ink.mean((-2, -1)),
         "ink_map": ink.mean(0),
-        "visible_strokes": (stroke_ink(game, strokes.view(-1, game.n_lines, 4)) >= 1).sum(-1),
+        "visible_strokes": (stroke_ink(game, flat) >= 1).sum(-1),
     }

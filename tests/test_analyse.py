@@ -145,13 +145,13 @@ def test_ablation_removes_the_strokes_it_names(runs):
     assert ablation["most_ink_first"][-1] == ablation["least_ink_first"][-1]  # blank canvas
     strokes = random_strokes(2, game.n_lines)
     blank = game.render(
-        analysis.remove_strokes(strokes, torch.ones(2, game.n_lines, dtype=torch.bool))
+        analysis.remove_strokes(game, strokes, torch.ones(2, game.n_lines, dtype=torch.bool))
     )
     assert torch.equal(blank, torch.ones_like(blank))
     one_left = torch.ones(2, game.n_lines, dtype=torch.bool)
     one_left[:, 1] = False
     alone = to_rgb(render_strokes(strokes[:, 1:2], game.image_size, sigma2=game.sigma2))
-    assert torch.allclose(game.render(analysis.remove_strokes(strokes, one_left)), alone)
+    assert torch.allclose(game.render(analysis.remove_strokes(game, strokes, one_left)), alone)
     ink = analysis.stroke_ink(game, strokes)
     assert torch.allclose(ink[:, 1], (1 - alone[:, 0]).sum((-2, -1)), atol=1e-4)
 
@@ -241,3 +241,29 @@ def test_per_class_recognisability_with_a_known_answer(runs, tmp_path):
         assert per_class[name]["recognisability"] == (1.0 if c == 2 else 0.0)
     share = per_class[classes[2]]["games"] / sum(row["games"] for row in per_class.values())
     assert results["runs"][runs["trained"].name]["recognisability"] == pytest.approx(share)
+
+
+def test_curves_are_matched_in_either_direction_removed_and_inked_as_their_format():
+    from sketchenv.strokes import StrokeFormat
+
+    cubic = StrokeFormat("cubic", opacity=True, colour=True)  # 12 numbers per stroke
+    g = torch.Generator().manual_seed(3)
+    strokes = torch.rand(4, 3, 12, generator=g)
+    reversed_points = strokes.clone()
+    reversed_points[..., :8] = strokes[..., :8].unflatten(-1, (4, 2)).flip(-2).flatten(-2)
+    d = analysis.stroke_set_distances(torch.cat([strokes, reversed_points]), cubic)
+    assert torch.allclose(d[:4, 4:].diagonal(), torch.zeros(4, dtype=torch.float64), atol=1e-7)
+    assert (d[:4, :4] + torch.eye(4, dtype=torch.float64) > 0).all()
+    game = SketchGame(torch.utils.data.TensorDataset(torch.rand(4, 3, 12, 12), torch.arange(4)),
+                      "original", n_distractors=3, n_lines=3, stroke_format=cubic,
+                      composite="over")  # fmt: skip
+    removed = torch.tensor([[True, False, False]]).expand(4, 3)
+    parked = analysis.remove_strokes(game, strokes, removed)
+    assert (parked[:, 0, :8] == analysis.PARKED).all() and torch.equal(
+        parked[:, 0, 8:], strokes[:, 0, 8:]
+    )
+    assert torch.equal(parked[:, 1:], strokes[:, 1:])
+    ink = analysis.stroke_ink(game, strokes)  # colour does not change a stroke's ink
+    black = strokes.clone()
+    black[..., 9:] = 0
+    assert ink.shape == (4, 3) and torch.equal(ink, analysis.stroke_ink(game, black))

@@ -118,7 +118,9 @@ def play_run(run: Run, game: SketchGame, batches: Sequence[GameBatch]) -> dict[s
     for batch in batches:
         strokes = analysis.draw(run.sender, batch)
         parts["strokes"].append(strokes.flatten(0, 1).cpu())
-        parts["sketches"].append(game.render(strokes)[:, :, 0].flatten(0, 1).cpu())
+        sketches = game.render(strokes)
+        grey = sketches.mean(2) if game.stroke_format.colour else sketches[:, :, 0]
+        parts["sketches"].append(grey.flatten(0, 1).cpu())
         parts["images"].append(batch.sender_images.flatten(0, 1).cpu())
         parts["labels"].append(batch.sender_labels.flatten().cpu())
         parts["ids"].append(batch.sender_ids.flatten().cpu())
@@ -156,6 +158,7 @@ def image_distances(
 
 @torch.no_grad()
 def topographic(
+    game: SketchGame,
     drawn: dict[str, Tensor],
     distances: Callable[[Tensor], Tensor],
     n: int,
@@ -172,7 +175,7 @@ def topographic(
     meaning = distances(images)
     result = {"sketches": len(keep)}
     for space, form in (
-        ("strokes", analysis.stroke_set_distances(strokes)),
+        ("strokes", analysis.stroke_set_distances(strokes, game.stroke_format)),
         ("pixels", analysis.pixel_distances(sketches)),
     ):
         generator = torch.Generator().manual_seed(seed)
@@ -405,7 +408,8 @@ def write_report(results: dict[str, Any], output: Path) -> None:
             f"## {name}",
             "",
             f"Checkpoint `{r['checkpoint']}`. {r['drawing']['visible_strokes']['mean']:.1f} of "
-            f"{s['n_lines']} strokes per sketch ink at least one pixel (strokes have no opacity).",
+            f"{s['n_lines']} strokes per sketch ink at least one pixel ({s['stroke_format']} "
+            "strokes).",
             "",
             f"![stroke ablation]({r['figures']['ablation']})",
             "",
@@ -473,7 +477,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ablation = analysis.stroke_ablation(run.sender, run.receiver, game, batches)
         bar.update()
         bar.set_postfix_str(f"{name}: topographic similarity")
-        topsim = topographic(drawn, distances, args.topsim_sketches, args.permutations, args.seed)
+        topsim = topographic(
+            game, drawn, distances, args.topsim_sketches, args.permutations, args.seed
+        )
         bar.update()
         figures = {k: f"{k}-{name}.png" for k in ("ablation", "drawing", "classes")}
         plot_ablation(ablation, chance, output / figures["ablation"])
@@ -508,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "sampling": "random" if args.games else "one pass",
         "n_candidates": game.n_candidates,
         "n_lines": game.n_lines,
+        "stroke_format": str(game.stroke_format),
         "chance": chance,
         "seed": args.seed,
         "features": features_spec,

@@ -31,6 +31,7 @@ gets :data:`SMOKE_PRETRAIN`.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import io
 import json
@@ -460,6 +461,10 @@ def summarise(config: SelfPlayConfig, evaluation: dict[str, Any]) -> dict[str, A
     payload = read_checkpoint(config.output, which="last")
     progress = payload.get("progress", {})
     return {
+        "stroke_format": payload["game"].get("stroke_format", "line"),
+        "drawing_cost": payload["config"].get("drawing_cost", 0.0),
+        "strokes_used": evaluation.get("strokes_used", {}).get("mean"),
+        "seconds_per_step": seconds_per_step(Path(config.output)),
         "comm_rate": evaluation.get("comm_rate_mean", evaluation.get("comm_rate")),
         "comm_rate_std": evaluation.get("comm_rate_std"),
         "class_rate": evaluation.get("class_rate"),
@@ -471,6 +476,15 @@ def summarise(config: SelfPlayConfig, evaluation: dict[str, Any]) -> dict[str, A
         "recognisability_chance": evaluation.get("recognisability_chance"),
         "visual_system": describe_visual_system(payload["config"]),
     }
+
+
+def seconds_per_step(run_dir: Path) -> float | None:
+    """Wall time per training step of a run, validation included (its ``metrics.csv``)."""
+    try:
+        rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+        return float(rows[-1]["seconds"]) / int(rows[-1]["step"])
+    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
+        return None
 
 
 def describe_visual_system(config: dict[str, Any]) -> str:
@@ -528,8 +542,13 @@ def results_markdown(
             "",
         ]
     recognised = any(rows[run.name].get("recognisability") is not None for run in runs)
+    drawing = any(
+        rows[run.name].get("stroke_format", "line") != "line" or rows[run.name].get("drawing_cost")
+        for run in runs
+    )
     head = ["run", "setting", "game", "chance", "paper", "ours", "ours, class rate"]
     head += ["visual system"] * systems + ["recognisability (chance)"] * recognised
+    head += ["strokes", "drawing cost", "strokes used", "s / step"] * drawing
     lines += ["| " + " | ".join([*head, "trained"]) + " |", "|---" * (len(head) + 1) + "|"]
     for run in runs:
         row = rows[run.name]
@@ -549,6 +568,14 @@ def results_markdown(
         if recognised:
             chance = row.get("recognisability_chance")
             cells.append(f"{_percent(row.get('recognisability'))} ({_percent(chance)})")
+        if drawing:
+            used, step = row.get("strokes_used"), row.get("seconds_per_step")
+            cells += [
+                f"`{row.get('stroke_format', 'line')}`",
+                f"{row.get('drawing_cost', 0.0):g}",
+                "?" if used is None else f"{used:.1f} of {configs[run.name].lines}",
+                "?" if step is None else f"{step:.2f}",
+            ]
         cells.append(f"{row.get('steps', '?')} steps, {row.get('epochs', '?')} epochs")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {run.name}: {run.note}" for run in runs if run.note]
