@@ -11,10 +11,10 @@ import sketchenv
 OPTIONS = {"n_lines": 3, "image_size": 32, "split": "test"}
 
 
-def play_both(game: str, n: int, rounds: int, copy: bool) -> None:
+def play_both(game: str, n: int, rounds: int, copy: bool, **extra) -> None:
     """Step a vector env and n parallel envs (seeds 7 + i) with the same random actions;
     every observation, reward, termination and info must agree."""
-    options = {**OPTIONS, "game": game}
+    options = {**OPTIONS, "game": game, **extra}
     if game == "original":
         options["n_distractors"] = 9
     vector = sketchenv.vector_env(n, copy=copy, **options)
@@ -33,7 +33,8 @@ def play_both(game: str, n: int, rounds: int, copy: bool) -> None:
             for i, env in enumerate(envs):
                 np.testing.assert_array_equal(vector.state()[i], env.state())
             if agent == "sender_0":
-                action = rng.uniform(-1, 1, vector.action_space(agent).shape).astype(np.float32)
+                space = vector.action_space(agent)
+                action = rng.uniform(space.low, space.high).astype(np.float32)
             else:
                 action = rng.integers(vector.n_candidates, size=n)
             batched, rewards, terminations, truncations, infos = vector.step({agent: action})
@@ -79,6 +80,15 @@ def test_a_seed_repeats_the_games_and_slots_differ():
     again = vector.reset(seed=11)[0]["sender_0"]["image"]
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first[0], first[1])
+
+
+def test_the_vector_env_plays_any_stroke_format_as_the_parallel_envs_do():
+    play_both("oo-same", n=3, rounds=2, copy=True, stroke_format="quadratic+opacity+colour")
+    vector = sketchenv.vector_env(2, stroke_format="cubic+width", **OPTIONS)
+    assert vector.action_space("sender_0").shape == (2, 3, 9)
+    vector.reset(seed=0)
+    with pytest.raises(ValueError, match=r"'width' values must lie in \[0.25, 4\]"):
+        vector.step({"sender_0": np.zeros((2, 3, 9), np.float32)})
 
 
 def test_spaces_are_the_single_spaces_batched():

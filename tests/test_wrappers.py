@@ -65,6 +65,24 @@ def test_the_shared_action_draws_the_first_numbers_and_picks_the_argmax():
         env.step({"sender_0": strokes})
 
 
+def test_the_shared_action_follows_the_stroke_format():
+    env = make(stroke_format="cubic+opacity")  # 9 numbers per stroke
+    space = env.action_space("sender_0")
+    assert space.shape == (3 * 9 + 5,)
+    assert space.low[8] == 0.0 and space.low[0] == -1.0 and (space.low[27:] == -1).all()
+    _, infos = env.reset(seed=0)
+    assert infos["sender_0"]["action_mask"][:27].all()
+    assert not infos["sender_0"]["action_mask"][27:].any()
+    strokes = np.tile(np.array([-0.5, 0, 0, 0.5, 0, -0.5, 0.5, 0, 1], np.float32), (3, 1))
+    plain = sketchenv.parallel_env(**OPTIONS, stroke_format="cubic+opacity")
+    plain.reset(seed=0)
+    expected, *_ = plain.step({"sender_0": strokes})
+    action = np.concatenate([strokes.ravel(), np.zeros(5, np.float32)])
+    observations, *_ = env.step({"sender_0": action, "receiver_0": action})
+    sketch = observations["receiver_0"][2:].reshape(16, 7 * 16, 3)[:, 16:32]
+    np.testing.assert_array_equal(sketch, expected["receiver_0"]["sketch"])
+
+
 def test_pettingzoos_parallel_api_test_passes():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
