@@ -212,3 +212,28 @@ def test_a_checkpoint_without_progress_or_metrics_loads_with_empty_ones(run_dir,
     save_checkpoint(tmp_path / "bare.pt", payload)
     run = load_run(tmp_path / "bare.pt")
     assert (run.progress, run.metrics) == ({}, {})
+
+
+def test_a_checkpoint_from_before_stroke_formats_loads_and_plays_lines(tmp_path):
+    """Saved before `stroke_format` and the primitive/opacity/... config keys existed."""
+    from fakedata import write_run
+
+    import sketchenv
+    from agents.checkpoint import read_checkpoint, save_checkpoint
+    from agents.policies import AgentPolicy
+
+    write_run(tmp_path / "new", image_size=16, lines=3)
+    payload = read_checkpoint(tmp_path / "new" / "best.pt")
+    del payload["game"]["stroke_format"]
+    for key in ("primitive", "stroke_width", "stroke_opacity", "stroke_colour",
+                "drawing_cost", "drawing_cost_kind"):  # fmt: skip
+        del payload["config"][key]
+    save_checkpoint(tmp_path / "old" / "best.pt", payload)
+    run = load_run(tmp_path / "old")
+    assert run.config.primitive == "line" and str(run.sender.stroke_format) == "line"
+    policy = AgentPolicy.from_checkpoint(tmp_path / "old")
+    assert "stroke_format" not in policy.env_options()
+    env = sketchenv.parallel_env(**policy.env_options(split="val"))
+    policy.check_env(env)
+    observations, _ = env.reset(seed=0)
+    assert policy(observations["sender_0"], "sender_0").shape == (3, 4)
