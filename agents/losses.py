@@ -34,13 +34,15 @@ def game_loss(scores: Tensor, targets: Tensor, kind: str = "hinge") -> Tensor:
 def drawing_cost(
     strokes: Tensor, sketches: Tensor, stroke_format: StrokeFormat, kind: str, paper: float
 ) -> Tensor:
-    """The cost of drawing, averaged over sketches: ``strokes``, the strokes' mean opacity
-    (a soft count of the strokes used, over ``n_lines``); ``ink``, the mean distance of the
-    sketches ``[..., 3, H, W]`` from blank ``paper`` (1 white, 0 black)."""
+    """The cost of drawing, averaged over sketches: ``strokes``, the mean square root of the
+    strokes' opacities (a soft count of the strokes used, over ``n_lines``: concave, so a
+    faint stroke costs nearly as much as an opaque one and the sender drops strokes rather
+    than fading them all); ``ink``, the mean distance of the sketches ``[..., 3, H, W]``
+    from blank ``paper`` (1 white, 0 black)."""
     if kind == "strokes":
         if not stroke_format.opacity:
             raise ValueError("the 'strokes' drawing cost needs strokes with opacity")
-        return stroke_format.style(strokes)[..., 1].mean()
+        return (stroke_format.style(strokes)[..., 1] + 1e-8).sqrt().mean()
     if kind == "ink":
         return (sketches.float() - paper).abs().mean()
     raise ValueError(f"unknown drawing cost {kind!r}; choose one of {DRAWING_COSTS}")
