@@ -8,6 +8,10 @@ the display closes when the last handle does.
 What a person sees is guarded: with a human receiver the sender's image (the target in
 the ``original`` game) stays hidden until the choice is made, a human sender never sees
 the candidates before sending, and ``feedback=False`` hides the right answer and the score.
+
+A human sender draws freehand: each drag's pointer path becomes strokes of the game's
+stroke format through small pure functions (`simplify_path`, `fit_bezier`,
+`path_to_strokes`, `pad_strokes`), which the web study uses too.
 """
 
 from __future__ import annotations
