@@ -8,10 +8,15 @@ the display closes when the last handle does.
 What a person sees is guarded: with a human receiver the sender's image (the target in
 the ``original`` game) stays hidden until the choice is made, a human sender never sees
 the candidates before sending, and ``feedback=False`` hides the right answer and the score.
+
+A human sender draws freehand: each drag's pointer path becomes strokes of the game's
+stroke format through small pure functions (`simplify_path`, `fit_bezier`,
+`path_to_strokes`, `pad_strokes`), which the web study uses too.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -21,13 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from sketchenv.strokes import StrokeFormat
+
 __all__ = [
     "GameWindow",
     "HumanReceiver",
     "HumanSender",
     "Layout",
     "PlayerQuit",
+    "fit_bezier",
     "from_canvas",
+    "pad_strokes",
+    "path_to_strokes",
+    "simplify_path",
     "to_canvas",
 ]
 
@@ -46,6 +57,7 @@ HOVER = (255, 190, 0)
 RIGHT = (30, 160, 60)
 WRONG = (210, 40, 40)
 NEUTRAL = (40, 100, 220)
+TRACE = (150, 190, 240)  # the raw pointer path of the drag in progress
 
 
 class PlayerQuit(Exception):
@@ -496,52 +508,83 @@ class GameWindow:
                     elif typed == "0" or (typed and int(typed) * 10 >= n):
                         return int(typed)  # no longer number is possible
 
-    def draw(self, image: np.ndarray, n_lines: int, *, sigma2: float = 5e-4) -> np.ndarray:
-        """Show ``image`` and a blank canvas; return the strokes the person draws.
+    def draw(
+        self,
+        image: np.ndarray,
+        n_lines: int,
+        *,
+        sigma2: float = 5e-4,
+        stroke_format: StrokeFormat | str = "line",
+        tolerance: float | None = None,
+    ) -> np.ndarray:
+        """Show ``image`` and a blank canvas; return the strokes the person draws freehand.
 
-        Click-and-drag draws a straight stroke (at most ``n_lines``); Backspace, Ctrl-Z or
-        a right click undoes the last one; Enter sends. Returns float32 ``[n_lines, 4]``
-        rows ``(x0, y0, x1, y1)`` in canvas coordinates. Strokes not drawn become
-        zero-length points on the first stroke's start, where the rasteriser already
-        draws that stroke's round end, so they add (almost) nothing to the sketch.
+        Each drag records the pointer's path and becomes strokes of ``stroke_format`` (see
+        :func:`path_to_strokes`): a polyline of lines, simplified to within ``tolerance``
+        canvas units (default one image pixel) and to the strokes left, or one Bézier curve
+        fitted to the path; a click is a dot. The preview shows the strokes as they will be
+        sent. Backspace, Ctrl-Z or a right click undoes the last drag (all its strokes);
+        Enter sends. Returns float32 ``[n_lines, stroke_format.size]`` (see
+        :func:`pad_strokes` for the strokes not drawn).
         """
         pg = _pygame()
         image = _check_image(image, "image")
+        stroke_format = StrokeFormat.parse(stroke_format)
         if int(n_lines) < 1:
             raise ValueError(f"n_lines must be >= 1, got {n_lines}")
         self._ensure_open()
         size = image.shape[:2]
+        if tolerance is None:
+            tolerance = 2 / (max(size) - 1)  # one image pixel: finer detail is not drawn
         canvas = self.sender_layout(size).canvas
-        strokes: list[tuple[float, float, float, float]] = []
-        start: tuple[float, float] | None = None
+        drags: list[np.ndarray] = []  # the strokes of each finished drag
+        path: list[tuple[float, float]] | None = None  # the drag in progress, canvas units
+        noun = "lines" if stroke_format.primitive == "line" else "curves"
         message = ""
         score = self._score_text(_display.state)
-        hint = "Drag to draw a line   ·   undo: Backspace, Ctrl-Z or right click   ·   Enter sends   ·   Esc quits"
+        hint = "Drag to draw   ·   undo: Backspace, Ctrl-Z or right click   ·   Enter sends   ·   Esc quits"
+
+        def used() -> int:
+            return sum(len(strokes) for strokes in drags)
+
+        def fitted() -> np.ndarray:
+            return path_to_strokes(path, stroke_format, tolerance, max_strokes=n_lines - used())
+
+        preview, fitted_points = None, 0  # the drag in progress as it would be sent
         while True:
-            title = f"Draw this image: {len(strokes)}/{n_lines} lines   {score}"
-            self._sender_view(image, strokes, start, title, message or hint, sigma2)
+            if path and len(path) != fitted_points:  # fit again only when the path grew
+                preview, fitted_points = fitted(), len(path)
+            title = f"Draw this image: {used()}/{n_lines} {noun}   {score}"
+            self._sender_view(
+                image, drags, path, preview, stroke_format, title, message or hint, sigma2
+            )
             self._flip()
             for event in self._events():
                 if event.type == pg.MOUSEBUTTONDOWN and event.button == 1:
-                    if len(strokes) >= n_lines:
-                        message = f"All {n_lines} lines used: undo one or press Enter to send."
+                    if used() >= n_lines:
+                        message = f"All {n_lines} {noun} used: undo one or press Enter to send."
                     elif _inside(event.pos, canvas):
-                        start = to_canvas(event.pos, canvas, size)
-                elif event.type == pg.MOUSEBUTTONUP and event.button == 1 and start:
-                    strokes.append((*start, *to_canvas(event.pos, canvas, size)))
-                    start, message = None, ""
+                        path, fitted_points = [to_canvas(event.pos, canvas, size)], 0
+                elif event.type == pg.MOUSEMOTION and path:
+                    path.append(to_canvas(event.pos, canvas, size))
+                elif event.type == pg.MOUSEBUTTONUP and event.button == 1 and path:
+                    path.append(to_canvas(event.pos, canvas, size))
+                    drags.append(fitted())
+                    path, message = None, ""
                 elif event.type == pg.MOUSEBUTTONDOWN and event.button == 3:
-                    strokes, start = strokes[:-1], None
+                    drags, path = drags[:-1], None
                 elif event.type == pg.KEYDOWN:
                     undo = event.key == pg.K_z and event.mod & (pg.KMOD_CTRL | pg.KMOD_META)
                     if event.key == pg.K_BACKSPACE or undo:
-                        strokes, start = strokes[:-1], None
+                        drags, path = drags[:-1], None
                     elif event.key in (pg.K_RETURN, pg.K_KP_ENTER):
-                        if strokes:
-                            return pad_strokes(strokes, n_lines)
-                        message = "Draw at least one line before sending."
+                        if drags:
+                            return pad_strokes(np.concatenate(drags), n_lines, stroke_format)
+                        message = "Draw at least one stroke before sending."
 
-    def _sender_view(self, image, strokes, start, title: str, hint: str, sigma2: float) -> None:
+    def _sender_view(
+        self, image, drags, path, preview, stroke_format, title: str, hint: str, sigma2: float
+    ) -> None:
         pg = _pygame()
         surface = _display.surface
         self._status(title, hint)
@@ -556,18 +599,34 @@ class GameWindow:
         # the rasteriser's line is about 2 * sigma * sqrt(ln 2) wide in canvas units
         pixel = canvas[2] / size[1] * (size[1] - 1) / 2  # window pixels per canvas unit
         width = max(2, round(2 * math.sqrt(sigma2 * math.log(2)) * pixel))
-        lines = list(strokes)
-        mouse = pg.mouse.get_pos()
-        if start is not None and _inside(mouse, canvas):
-            lines.append((*start, *to_canvas(mouse, canvas, size)))
         surface.set_clip(pg.Rect(canvas))
-        for index, stroke in enumerate(lines):
-            color = INK if index < len(strokes) else MUTED
-            a, b = from_canvas(stroke[:2], canvas, size), from_canvas(stroke[2:], canvas, size)
-            pg.draw.line(surface, color, a, b, width)
-            for end in (a, b):
-                pg.draw.circle(surface, color, end, width / 2)
+        groups = [(strokes, INK) for strokes in drags]
+        if path:
+            window_path = [from_canvas(point, canvas, size) for point in path]
+            if len(window_path) > 1:
+                pg.draw.lines(surface, TRACE, False, window_path, 1)
+            groups.append((preview, MUTED))
+        for strokes, color in groups:
+            for stroke in strokes:
+                points = _curve_points(stroke[: 2 * stroke_format.n_points].reshape(-1, 2))
+                _polyline(surface, color, [from_canvas(p, canvas, size) for p in points], width)
         surface.set_clip(None)
+
+
+def _polyline(surface, color, points: list, width: int) -> None:
+    """A round-jointed polyline (a dot for one point) ``width`` window pixels wide."""
+    pg = _pygame()
+    if len(points) > 1:
+        pg.draw.lines(surface, color, False, points, width)
+    for point in points:
+        pg.draw.circle(surface, color, point, width / 2)
+
+
+def _curve_points(control: np.ndarray, samples: int = 32) -> np.ndarray:
+    """Points along the Bézier curve of ``control`` (a line's two points as they are)."""
+    if len(control) == 2:
+        return control
+    return _bernstein(np.linspace(0.0, 1.0, samples), len(control) - 1) @ control
 
 
 def _below_title(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -583,12 +642,145 @@ def _digit(pg, event) -> int | None:
     return None
 
 
-def pad_strokes(strokes: list[tuple[float, ...]], n_lines: int) -> np.ndarray:
-    """``n_lines`` strokes: those a person drew, then zero-length points on the first
-    stroke's start (they draw nothing new), as the env's sender action needs."""
-    x0, y0 = strokes[0][:2]
-    padding = [(x0, y0, x0, y0)] * (n_lines - len(strokes))
-    return np.asarray(strokes + padding, dtype=np.float32).reshape(n_lines, 4)
+# -- from a pointer path to strokes (pure numpy, no pygame) --------------------------------
+def simplify_path(
+    points: Sequence[Sequence[float]], tolerance: float, max_points: int | None = None
+) -> np.ndarray:
+    """Ramer–Douglas–Peucker: the path's points ``[k, 2]`` (its ends always) whose polyline
+    stays within ``tolerance`` of every point, keeping at most ``max_points`` (>= 2).
+
+    The farthest point of the worst chord is added first, so with no cap this is plain
+    RDP, and a cap keeps the points that matter most; a click (one point) gives it twice.
+    """
+    path = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(path) == 0:
+        raise ValueError("a path needs at least one point")
+    if max_points is not None and max_points < 2:
+        raise ValueError(f"max_points must be >= 2, got {max_points}")
+    if len(path) == 1:
+        return np.repeat(path, 2, axis=0)
+    kept = [0, len(path) - 1]
+    while max_points is None or len(kept) < max_points:
+        worst, split = tolerance, None
+        for left, right in itertools.pairwise(kept):
+            if right - left < 2:
+                continue
+            distance = _segment_distance(path[left + 1 : right], path[left], path[right])
+            if distance.max() > worst:
+                worst, split = distance.max(), left + 1 + int(distance.argmax())
+        if split is None:
+            break
+        kept = sorted([*kept, split])
+    return path[kept]
+
+
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each point's distance to the segment ``a``-``b`` (to ``a`` when they coincide)."""
+    chord = b - a
+    length2 = float(chord @ chord)
+    t = np.clip((points - a) @ chord / length2, 0.0, 1.0) if length2 > 0 else 0.0
+    return np.linalg.norm(points - (a + np.multiply.outer(t, chord)), axis=-1)
+
+
+def _bernstein(t: np.ndarray, degree: int) -> np.ndarray:
+    """Bernstein basis ``[len(t), degree + 1]``."""
+    j = np.arange(degree + 1)
+    binomial = np.array([math.comb(degree, i) for i in j], dtype=float)
+    t = np.asarray(t, dtype=float)[:, None]
+    return binomial * t**j * (1 - t) ** (degree - j)
+
+
+def fit_bezier(points: Sequence[Sequence[float]], degree: int, iterations: int = 200) -> np.ndarray:
+    """The Bézier curve's control points ``[degree + 1, 2]`` closest to the path in least
+    squares, its ends fixed on the path's ends.
+
+    Parameters start at chord length and are refined by Newton steps (Schneider's fitting
+    without the splitting), so points sampled from a Bézier curve give it back. A path of
+    fewer distinct points than control points (a click, a short drag) gives its chord,
+    the controls evenly along it (all points equal for a click).
+    """
+    if degree < 2:
+        raise ValueError(f"fit_bezier fits curves of degree >= 2, got {degree}")
+    path = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(path) == 0:
+        raise ValueError("a path needs at least one point")
+    path = path[np.r_[True, (np.diff(path, axis=0) != 0).any(axis=1)]]  # no repeats
+    first, last = path[0], path[-1]
+    chord = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))]
+    if len(path) < degree + 1 or chord[-1] == 0:
+        return first + np.linspace(0.0, 1.0, degree + 1)[:, None] * (last - first)
+    t = chord / chord[-1]
+
+    def solve(t: np.ndarray) -> np.ndarray:
+        basis = _bernstein(t, degree)
+        rest = path - np.outer(basis[:, 0], first) - np.outer(basis[:, -1], last)
+        inner = np.linalg.lstsq(basis[:, 1:-1], rest, rcond=None)[0]
+        return np.vstack([first, inner, last])
+
+    for _ in range(iterations):
+        control = solve(t)
+        residual = _bernstein(t, degree) @ control - path
+        speed = degree * _bernstein(t, degree - 1) @ np.diff(control, axis=0)
+        bend = degree * (degree - 1) * _bernstein(t, degree - 2) @ np.diff(control, 2, axis=0)
+        slope = (speed * speed).sum(1) + (residual * bend).sum(1)
+        step = (residual * speed).sum(1) / np.where(slope > 1e-12, slope, np.inf)
+        refined = np.clip(t - step, 0.0, 1.0)
+        refined[0], refined[-1] = 0.0, 1.0
+        done = np.abs(refined - t).max() < 1e-12
+        t = refined
+        if done:
+            break
+    return solve(t)
+
+
+def _styled(points: np.ndarray, stroke_format: StrokeFormat, opacity: float = 1.0) -> np.ndarray:
+    """Rows ``[n, size]``: control points ``[n, 2 * n_points]`` then the options a
+    person's stroke has (width 1, the given opacity, black)."""
+    options = [1.0] * stroke_format.width + [opacity] * stroke_format.opacity
+    options += [0.0, 0.0, 0.0] * stroke_format.colour
+    return np.hstack([points, np.tile(options, (len(points), 1))])
+
+
+def path_to_strokes(
+    points: Sequence[Sequence[float]],
+    stroke_format: StrokeFormat | str = "line",
+    tolerance: float = 0.03,
+    max_strokes: int | None = None,
+) -> np.ndarray:
+    """One drag's path (canvas ``(x, y)`` points) -> its strokes ``[k, size]`` (float64).
+
+    ``line``: the segments of the path simplified within ``tolerance`` (`simplify_path`),
+    simplified further to at most ``max_strokes`` segments; a straight drag is one line,
+    a click a dot. A curve: one Bézier curve fitted to the path (`fit_bezier`), its
+    control points clipped to the canvas. Options: width 1, opacity 1, black.
+    """
+    stroke_format = StrokeFormat.parse(stroke_format)
+    if stroke_format.primitive == "line":
+        cap = None if max_strokes is None else max_strokes + 1
+        kept = simplify_path(points, tolerance, cap)
+        control = np.hstack([kept[:-1], kept[1:]])
+    else:
+        fitted = fit_bezier(points, stroke_format.n_points - 1)
+        control = np.clip(fitted, -1.0, 1.0).reshape(1, -1)
+    return _styled(control, stroke_format)
+
+
+def pad_strokes(
+    strokes: Sequence[Sequence[float]], n_lines: int, stroke_format: StrokeFormat | str = "line"
+) -> np.ndarray:
+    """``n_lines`` strokes ``[n_lines, size]`` (float32): those a person drew, then padding.
+
+    With ``opacity`` in the format the padding has opacity 0 (left out); otherwise it is
+    zero-length dots on the first stroke's start, where the rasteriser already draws that
+    stroke's round end, so they add (almost) nothing to the sketch.
+    """
+    stroke_format = StrokeFormat.parse(stroke_format)
+    drawn = np.asarray(strokes, dtype=float).reshape(-1, stroke_format.size)
+    if not 1 <= len(drawn) <= n_lines:
+        raise ValueError(f"pad_strokes takes 1 to {n_lines} strokes, got {len(drawn)}")
+    dot = np.tile(drawn[0, :2], (n_lines - len(drawn), stroke_format.n_points))
+    padding = _styled(dot, stroke_format, opacity=0.0)
+    return np.vstack([drawn, padding]).astype(np.float32)
 
 
 class HumanReceiver:
@@ -625,9 +817,10 @@ class HumanReceiver:
 class HumanSender:
     """A person as ``sender_0``: sees the image, draws up to ``n_lines`` strokes, Enter sends.
 
-    ``n_lines`` defaults to the env's (read from the last state the window showed, so pass
-    it when the env does not render in ``"human"`` mode). ``sigma2`` only sets the width
-    of the lines in the preview; the env's rasteriser draws the real sketch.
+    ``n_lines`` and ``stroke_format`` default to the env's (read from the last state the
+    window showed, so pass them when the env does not render in ``"human"`` mode; a state
+    without a format means lines). ``sigma2`` only sets the width of the lines in the
+    preview; the env's rasteriser draws the real sketch.
     """
 
     def __init__(
@@ -635,6 +828,7 @@ class HumanSender:
         window: GameWindow | None = None,
         *,
         n_lines: int | None = None,
+        stroke_format: StrokeFormat | str | None = None,
         sigma2: float = 5e-4,
         feedback: bool | None = None,
     ) -> None:
@@ -645,6 +839,7 @@ class HumanSender:
             self.window.feedback = feedback
         self.window.add_player("sender")
         self.n_lines = n_lines
+        self.stroke_format = None if stroke_format is None else StrokeFormat.parse(stroke_format)
         self.sigma2 = sigma2
 
     def _lines(self) -> int:
@@ -657,16 +852,25 @@ class HumanSender:
             "with an env created with render_mode='human'"
         )
 
+    def _format(self) -> StrokeFormat:
+        if self.stroke_format is not None:
+            return self.stroke_format
+        state = _display.state or {}
+        return StrokeFormat.parse(state.get("stroke_format", "line"))
+
     def __call__(self, observation: dict, agent: str = "sender_0") -> np.ndarray:
         if not isinstance(observation, dict) or "image" not in observation:
             raise ValueError(
                 "HumanSender expects the sender's observation dict with 'image' and 'phase'; "
                 f"got {type(observation).__name__}"
             )
-        n_lines = self._lines()
-        if int(observation.get("phase", 0)) != 0:
-            return np.zeros((n_lines, 4), dtype=np.float32)  # the receiver's turn
-        return self.window.draw(observation["image"], n_lines, sigma2=self.sigma2)
+        n_lines, stroke_format = self._lines(), self._format()
+        if int(observation.get("phase", 0)) != 0:  # the receiver's turn: any valid action
+            low, _ = stroke_format.bounds()
+            return np.tile(np.maximum(low, 0.0), (n_lines, 1))
+        return self.window.draw(
+            observation["image"], n_lines, sigma2=self.sigma2, stroke_format=stroke_format
+        )
 
     def close(self) -> None:
         """Release the window."""

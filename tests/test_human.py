@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ pygame = pytest.importorskip("pygame")
 
 from sketchenv import human  # noqa: E402
 from sketchenv.human import GameWindow, HumanReceiver, HumanSender, PlayerQuit  # noqa: E402
+from sketchenv.strokes import StrokeFormat  # noqa: E402
 
 
 class TinyDataset(Dataset):
@@ -390,3 +392,191 @@ def test_pettingzoo_render_test_human_and_rgb_array(display):
         return sketchenv.env(dataset=TinyDataset(), n_distractors=5, render_mode=render_mode)
 
     render_test(env_fn)
+
+
+# --- freehand drawing: the path -> strokes maths, then the window -------------------------
+def cubic(control, t) -> np.ndarray:
+    """Points of the Bézier curve of ``control`` at parameters ``t``."""
+    control, t = np.asarray(control, float), np.asarray(t, float)[:, None]
+    degree = len(control) - 1
+    weights = [math.comb(degree, j) * t**j * (1 - t) ** (degree - j) for j in range(degree + 1)]
+    return sum(w * c for w, c in zip(weights, control, strict=True))
+
+
+def test_simplification_keeps_a_straight_drag_as_one_segment_and_an_l_as_two():
+    rng = np.random.default_rng(0)
+    along = np.linspace(-0.8, 0.6, 50)
+    straight = np.stack([along, 0.2 + 0.3 * along], axis=1) + rng.normal(0, 0.002, (50, 2))
+    kept = human.simplify_path(straight, tolerance=0.02)
+    np.testing.assert_array_equal(kept, straight[[0, -1]])  # the ends, exactly
+    down = np.stack([np.full(20, -0.5), np.linspace(-0.7, 0.5, 20)], axis=1)
+    across = np.stack([np.linspace(-0.5, 0.6, 20), np.full(20, 0.5)], axis=1)
+    ell = np.vstack([down, across[1:]]) + rng.normal(0, 0.002, (39, 2))
+    kept = human.simplify_path(ell, tolerance=0.02)
+    assert len(kept) == 3
+    np.testing.assert_allclose(kept[1], [-0.5, 0.5], atol=0.01)  # the corner
+    # a cap keeps the farthest corners first; a click is a point twice
+    zigzag = [(x, 0.3 * (i % 2)) for i, x in enumerate(np.linspace(-1, 1, 9))]
+    assert len(human.simplify_path(zigzag, 0.01)) == 9
+    assert len(human.simplify_path(zigzag, 0.01, max_points=4)) == 4
+    np.testing.assert_array_equal(human.simplify_path([(0.1, 0.2)], 0.01), [(0.1, 0.2)] * 2)
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        [(-0.8, 0.6), (-0.3, -0.9), (0.5, 0.9), (0.7, -0.4)],  # an S
+        [(-0.6, -0.6), (0.9, -0.2), (-0.1, 0.8), (0.5, 0.5)],  # a loop-ish hook
+        [(-0.7, 0.5), (0.0, -0.9), (0.8, 0.4)],  # a quadratic arch
+    ],
+)
+def test_a_bezier_fit_to_points_of_a_known_curve_recovers_its_control_points(control):
+    points = cubic(control, np.linspace(0, 1, 40) ** 1.3)  # not evenly spaced along it
+    fitted = human.fit_bezier(points, len(control) - 1)
+    np.testing.assert_allclose(fitted, control, atol=1e-6)
+
+
+def test_a_fit_to_a_straight_drag_is_collinear_and_a_click_is_degenerate():
+    start, end = np.array([-0.6, -0.2]), np.array([0.7, 0.4])
+    t = np.sort(np.random.default_rng(1).uniform(0, 1, 30))
+    line = start + np.outer(np.r_[0, t, 1], end - start)
+    for degree in (2, 3):
+        fitted = human.fit_bezier(line, degree)
+        np.testing.assert_allclose(fitted[[0, -1]], [start, end])
+        direction = (end - start) / np.linalg.norm(end - start)
+        offsets = fitted - start
+        np.testing.assert_allclose(offsets[:, 0] * direction[1], offsets[:, 1] * direction[0])
+    for points in ([(0.3, -0.1)], [(0.3, -0.1)] * 5):  # a click, held still
+        np.testing.assert_array_equal(human.fit_bezier(points, 3), [(0.3, -0.1)] * 4)
+        (stroke,) = human.path_to_strokes(points, "cubic")
+        np.testing.assert_array_equal(stroke, [0.3, -0.1] * 4)
+    # a drag of fewer points than the curve's controls is its chord, controls evenly on it
+    np.testing.assert_allclose(
+        human.fit_bezier([start, end], 3), [start + k / 3 * (end - start) for k in range(4)]
+    )
+
+
+def test_path_to_strokes_follows_the_format_and_the_strokes_left():
+    ell = [(-0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]
+    lines = human.path_to_strokes(ell, "line+width+opacity+colour", tolerance=0.01)
+    np.testing.assert_allclose(
+        lines,
+        [[-0.5, -0.5, -0.5, 0.5, 1, 1, 0, 0, 0], [-0.5, 0.5, 0.5, 0.5, 1, 1, 0, 0, 0]],
+    )
+    (one,) = human.path_to_strokes(ell, "line", tolerance=0.01, max_strokes=1)
+    np.testing.assert_allclose(one, [-0.5, -0.5, 0.5, 0.5])  # simplified to fit
+    np.testing.assert_allclose(human.path_to_strokes([(0.2, 0.1)], "line"), [[0.2, 0.1] * 2])
+    arc = cubic([(-0.9, 0.9), (-0.9, -1.6), (0.9, -1.6), (0.9, 0.9)], np.linspace(0, 1, 30))
+    (curve,) = human.path_to_strokes(arc, "cubic+opacity")
+    assert curve.shape == (9,) and curve[-1] == 1.0
+    assert curve[:8].min() == -1.0  # the controls above the canvas are clipped onto it
+    np.testing.assert_allclose(curve[[0, 1, 6, 7]], [-0.9, 0.9, 0.9, 0.9])
+
+
+def test_padding_leaves_strokes_out_with_opacity_or_makes_dots_without():
+    drawn = [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0]]  # a quadratic with opacity
+    padded = human.pad_strokes(drawn, 3, "quadratic+opacity")
+    assert padded.shape == (3, 7) and padded.dtype == np.float32
+    np.testing.assert_allclose(padded[1:, -1], 0.0)  # left out
+    np.testing.assert_allclose(padded[1:, :6], [[0.1, 0.2] * 3] * 2)
+    padded = human.pad_strokes([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]], 2, "quadratic")
+    np.testing.assert_allclose(padded[1], [0.1, 0.2] * 3)  # a dot on the first start
+    with pytest.raises(ValueError, match="1 to 2 strokes"):
+        human.pad_strokes([[0.0] * 6] * 3, 2, "quadratic")
+
+
+def freehand(points) -> None:
+    """Press at the first window point, move through the rest, release at the last."""
+    post(pygame.MOUSEBUTTONDOWN, pos=points[0], button=1)
+    for point in points[1:-1]:
+        post(pygame.MOUSEMOTION, pos=point, rel=(0, 0), buttons=(1, 0, 0))
+    post(pygame.MOUSEBUTTONUP, pos=points[-1], button=1)
+
+
+def window_path(canvas_points, canvas, size=(16, 16)) -> list[tuple[int, int]]:
+    return [tuple(round(v) for v in human.from_canvas(p, canvas, size)) for p in canvas_points]
+
+
+def test_a_freehand_drag_becomes_a_polyline_and_undo_removes_the_whole_drag(display):
+    window = opened(GameWindow())
+    canvas = window.sender_layout((16, 16)).canvas
+    corner = np.array([[-0.6, -0.6], [-0.6, 0.6], [0.6, 0.6]])
+    ell = np.vstack([np.linspace(corner[0], corner[1], 15), np.linspace(corner[1], corner[2], 15)])
+    straight = np.linspace([-0.8, -0.8], [0.8, -0.2], 12)
+    freehand(window_path(ell, canvas))  # two segments
+    freehand(window_path(straight, canvas))  # one
+    key(pygame.K_BACKSPACE)  # undoes the straight drag
+    freehand(window_path(straight[::-1], canvas))
+    post(pygame.MOUSEBUTTONDOWN, pos=window_path(corner[:1], canvas)[0], button=3)  # undo it
+    key(pygame.K_RETURN)
+    strokes = window.draw(images(1)[0], n_lines=5)
+    assert strokes.shape == (5, 4)
+    pixel = 2 / 15 * 16 / canvas[2]  # one window pixel in canvas units
+    np.testing.assert_allclose(
+        strokes[:2], [[*corner[0], *corner[1]], [*corner[1], *corner[2]]], atol=pixel
+    )
+    np.testing.assert_allclose(strokes[2:], np.tile(strokes[0, :2], (3, 2)))  # dots
+
+    # more corners than strokes left: simplified to fit; then every further drag refused
+    zigzag = [(x, -0.5 + (i % 2)) for i, x in enumerate(np.linspace(-0.9, 0.9, 7))]
+    freehand(window_path(zigzag, canvas))
+    freehand(window_path(straight, canvas))  # refused: both lines are used
+    key(pygame.K_RETURN)
+    strokes = window.draw(images(1)[0], n_lines=2)
+    np.testing.assert_allclose(strokes[0, :2], zigzag[0], atol=pixel)
+    np.testing.assert_allclose(strokes[1, 2:], zigzag[-1], atol=pixel)
+    np.testing.assert_allclose(strokes[0, 2:], strokes[1, :2])  # one joined polyline
+
+
+def test_a_freehand_drag_becomes_one_cubic_curve_and_padding_is_left_out(display):
+    window = opened(GameWindow())
+    size = (32, 32)
+    canvas = window.sender_layout(size).canvas
+    control = np.array([(-0.8, 0.6), (-0.3, -0.9), (0.5, 0.9), (0.7, -0.4)])
+    s_curve = cubic(control, np.linspace(0, 1, 60))
+    freehand(window_path(s_curve, canvas, size))
+    freehand(window_path([(0.5, 0.5), (0.6, 0.5), (0.7, 0.5)], canvas, size))
+    key(pygame.K_z, pygame.KMOD_LCTRL)  # undo the second curve
+    freehand(window_path([(0.2, -0.3)], canvas, size))  # a click: a dot
+    key(pygame.K_RETURN)
+    strokes = window.draw(images(1, *size)[0], n_lines=4, stroke_format="cubic+opacity")
+    assert strokes.shape == (4, 9) and strokes.dtype == np.float32
+    low, high = StrokeFormat.parse("cubic+opacity").bounds()
+    assert (strokes >= low).all() and (strokes <= high).all()
+    pixel = 2 / 31 * 32 / canvas[2]
+    np.testing.assert_allclose(strokes[0, [0, 1, 6, 7]], control[[0, 3]].ravel(), atol=pixel)
+    np.testing.assert_allclose(strokes[0, 2:6], control[1:3].ravel(), atol=0.05)  # a fit
+    np.testing.assert_allclose(strokes[1, :8], [0.2, -0.3] * 4, atol=pixel)
+    np.testing.assert_array_equal(strokes[:, 8], [1, 1, 0, 0])  # two drawn, two left out
+
+    from sketchenv.raster import render_strokes
+
+    sketch = render_strokes(torch.from_numpy(strokes), size, stroke_format="cubic+opacity")
+    on_curve = cubic(control, [0.25, 0.5, 0.75])
+    for x, y in on_curve:  # the rasterised curve passes where it was drawn
+        row, column = round((y + 1) * 31 / 2), round((x + 1) * 31 / 2)
+        assert sketch[row, column] < 0.5
+
+
+def test_a_human_sender_reads_the_curve_format_of_the_env_it_plays(display):
+    env = make_env(render_mode="human", stroke_format="cubic+opacity")
+    sender = HumanSender()  # n_lines and the format come from the env's window
+    opened(sender.window)
+    observations, _ = env.reset(seed=2)
+    assert display.state["stroke_format"] == "cubic+opacity"
+    idle = sender({"image": images(1)[0], "phase": 1})
+    assert idle.shape == (4, 9) and env.action_space("sender_0").contains(idle)
+    canvas = sender.window.sender_layout((16, 16)).canvas
+    arch = cubic([(-0.9, 0.6), (-0.5, -1.0), (0.5, -1.0), (0.9, 0.6)], np.linspace(0, 1, 40))
+    freehand(window_path(arch, canvas))
+    key(pygame.K_RETURN)
+    strokes = sender(observations["sender_0"], "sender_0")
+    assert env.action_space("sender_0").contains(strokes)
+    np.testing.assert_array_equal(strokes[:, -1], [1, 0, 0, 0])
+    observations, *_ = env.step({"sender_0": strokes, "receiver_0": 0})
+    sketch = observations["receiver_0"]["sketch"]
+    top = cubic([(-0.9, 0.6), (-0.5, -1.0), (0.5, -1.0), (0.9, 0.6)], [0.5])[0]
+    row, column = round((top[1] + 1) * 15 / 2), round((top[0] + 1) * 15 / 2)
+    assert sketch[row, column].max() < 100 and sketch[15, 7].min() > 225  # ink on the arch only
+    env.close()
+    sender.close()

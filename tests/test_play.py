@@ -18,7 +18,7 @@ import pytest
 from fakedata import write_run
 
 import sketchenv
-from train import play
+from train import play, study
 from train.study import GameRecord, StudyDB, format_report, load_rows, summarize
 
 # small, fast games on the built-in procedural dataset
@@ -71,7 +71,7 @@ def test_a_kill_between_games_loses_nothing_and_the_session_continues(tmp_path):
     code = textwrap.dedent(
         f"""
         import os, signal
-        from train import play
+        from train import play, study
         original = play.play_game
         def play_game(env, *args, seed, **kwargs):
             if seed == play.game_seed(7, 3):
@@ -178,17 +178,88 @@ class DrawingSender(play.HumanSender):
         return super().__call__(observation, agent)
 
 
-def test_two_humans_share_the_window_and_their_drawing_is_recorded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stroke_format", ["line", "cubic+opacity"])
+def test_two_humans_share_the_window_and_their_drawing_is_recorded(
+    tmp_path, monkeypatch, stroke_format
+):
     headless_person(monkeypatch)
     monkeypatch.setattr(play, "HumanSender", DrawingSender)
     monkeypatch.setattr(ClickingReceiver, "calls", 10)
     args = ["--sender", "human", "--receiver", "human", "--participant", "pair", "--games", "2"]
-    assert play.run(play.parse_args([*GAME, *args, "--db", str(tmp_path / "s.sqlite")])) == 2
+    args += ["--stroke-format", stroke_format, "--db", str(tmp_path / "s.sqlite")]
+    assert play.run(play.parse_args([*GAME, *args])) == 2
     for game in rows(tmp_path / "s.sqlite"):
         strokes = np.asarray(json.loads(game["strokes"]))
-        assert strokes.shape == (3, 4) and game["choice"] == 0
-        np.testing.assert_allclose(strokes[0], [-1, 0, 1, 0], atol=0.07)  # the dragged line
+        assert game["stroke_format"] == stroke_format and game["choice"] == 0
         assert game["sender"] == game["receiver"] == "human"
+        if stroke_format == "line":
+            assert strokes.shape == (3, 4)
+            np.testing.assert_allclose(strokes[0], [-1, 0, 1, 0], atol=0.07)  # the dragged line
+        else:  # one straight curve (controls along the drag), the others left out
+            assert strokes.shape == (3, 9)
+            np.testing.assert_allclose(strokes[0, 0:8:2], [-1, -1 / 3, 1 / 3, 1], atol=0.07)
+            np.testing.assert_allclose(strokes[0, 1:8:2], 0, atol=0.07)
+            np.testing.assert_array_equal(strokes[:, 8], [1, 0, 0])
+
+
+def test_a_curve_session_is_its_own_setting_beside_the_line_one(tmp_path):
+    db = tmp_path / "study.sqlite"
+    players = ["--sender", "random", "--receiver", "random"]
+    play.run(play.parse_args(session(tmp_path, *players)))
+    play.run(play.parse_args(session(tmp_path, *players, "--stroke-format", "quadratic+width")))
+    games = rows(db)
+    lines, curves = games[:5], games[5:]
+    assert len(curves) == 5  # the line session played first does not count as the curve one
+    assert {g["stroke_format"] for g in lines} == {"line"}
+    assert {g["stroke_format"] for g in curves} == {"quadratic+width"}
+    assert "stroke_format" not in json.loads(lines[0]["setting"])  # keys as before formats
+    assert json.loads(curves[0]["setting"])["stroke_format"] == "quadratic+width"
+    for g in curves:
+        strokes = np.asarray(json.loads(g["strokes"]))
+        assert strokes.shape == (3, 7) and (strokes[:, 6] >= 0.25).all()  # widths in range
+    summary = summarize(games)
+    assert sorted(r["stroke_format"] for r in summary) == ["line", "quadratic+width"]
+    assert "quadratic+width" in format_report(summary)
+    with pytest.raises(SystemExit):
+        play.parse_args(["--receiver", "random", "--stroke-format", "spline"])
+
+
+def test_a_database_of_the_old_schema_is_read_migrated_and_resumed(tmp_path):
+    """A study file made before the stroke_format column: readable, and sessions continue."""
+    players = ["--sender", "random", "--receiver", "random"]
+    play.run(play.parse_args(session(tmp_path, *players, db="new.sqlite")))
+    old = tmp_path / "old.sqlite"
+    old_schema = "\n".join(
+        line for line in study.SCHEMA.splitlines() if not line.strip().startswith("stroke_format")
+    )
+    assert "stroke_format" not in old_schema and "strokes TEXT" in old_schema
+    with sqlite3.connect(old) as connection:
+        connection.execute(old_schema)
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(games)")]
+        for game in rows(tmp_path / "new.sqlite")[:3]:  # games 0-2, as an old session left them
+            values = [game[c] for c in columns]
+            connection.execute(f"INSERT INTO games VALUES ({', '.join('?' * len(values))})", values)
+    connection.close()
+    assert [g["stroke_format"] for g in load_rows(old)] == ["line"] * 3  # read-only: as lines
+    with sqlite3.connect(old) as connection:  # reading changed nothing
+        assert "stroke_format" not in {r[1] for r in connection.execute("PRAGMA table_info(games)")}
+    connection.close()
+
+    assert play.run(play.parse_args(session(tmp_path, *players, db="old.sqlite"))) == 2  # 3, 4
+    resumed = rows(old)
+    assert [g["game_index"] for g in resumed] == [0, 1, 2, 3, 4]
+    assert len({g["setting"] for g in resumed}) == 1 and {g["stroke_format"] for g in resumed} == {
+        "line"
+    }
+    keys = ("game_index", "setting", "candidate_ids", "target", "choice", "strokes")
+    assert [[g[k] for k in keys] for g in resumed] == [
+        [g[k] for k in keys] for g in rows(tmp_path / "new.sqlite")
+    ]
+    play.run(
+        play.parse_args(session(tmp_path, *players, "--stroke-format", "cubic", db="old.sqlite"))
+    )
+    assert [g["stroke_format"] for g in rows(old)][5:] == ["cubic"] * 5
+    assert len(summarize(rows(old))) == 2
 
 
 TRAINED = {  # AgentPolicy.env_options() of the (fake) checkpoint's training game

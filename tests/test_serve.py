@@ -369,3 +369,92 @@ def test_a_real_browser_plays_receiver_and_sender_games(tmp_path, run):
     unit = lambda f: np.clip(2 * (f * size - 0.5) / (size - 1) - 1, -1, 1)  # noqa: E731
     np.testing.assert_allclose(strokes[0], [unit(0.2), unit(0.2), unit(0.8), unit(0.2)], atol=0.03)
     np.testing.assert_allclose(strokes[3], strokes[0][[0, 1, 0, 1]])  # the undone 4th: a dot
+
+
+def test_a_curve_sender_sends_freehand_paths_and_the_server_fits_them(tmp_path, run):
+    args = ["--sender", "human", "--receiver", str(run), "--stroke-format", "cubic+opacity"]
+    web, client = study(tmp_path, *args)
+    token = join(client)
+    assert client.get(f"/api/participants/{token}").json["stroke_format"] == "cubic+opacity"
+    control = np.array([(-0.8, 0.6), (-0.3, -0.9), (0.5, 0.9), (0.7, -0.4)])
+    t = np.linspace(0, 1, 50)[:, None]
+    s_curve = sum(
+        c * w
+        for c, w in zip(
+            control, [(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3], strict=True
+        )
+    )
+    paths = [s_curve.round(4).tolist(), [[0.2, -0.3]]]  # a curve and a click
+    path = f"/api/participants/{token}/games/0"
+    wrong = client.post(path, json={"strokes": [[0, 0, 1, 1]], "response_time": 1.0})
+    assert wrong.status_code == 400 and "9 numbers" in wrong.json["error"]
+    assert "cubic+opacity" in wrong.json["error"]  # a line for a curve game: refused, explained
+    reply = client.post(path, json={"paths": paths, "response_time": 3.0})
+    assert reply.status_code == 200, reply.json
+    web.close()
+    (game,) = rows(tmp_path / "study.sqlite")
+    strokes = np.array(json.loads(game["strokes"]))
+    assert game["stroke_format"] == "cubic+opacity" and strokes.shape == (4, 9)
+    np.testing.assert_allclose(strokes[0, :8], control.ravel(), atol=1e-3)  # the fitted curve
+    np.testing.assert_allclose(strokes[1, :8], [0.2, -0.3] * 4)  # the click: a point
+    np.testing.assert_array_equal(strokes[:, 8], [1, 1, 0, 0])  # the rest left out
+
+
+def test_line_paths_become_polylines_leaving_a_line_for_each_later_drag(tmp_path, run):
+    web, client = study(tmp_path, "--sender", "human", "--receiver", str(run))
+    token = join(client)
+    zigzag = [[x, -0.5 + (i % 2)] for i, x in enumerate(np.linspace(-0.9, 0.9, 7).tolist())]
+    path = f"/api/participants/{token}/games/0"
+    bad = client.post(path, json={"paths": [[[0, 2]]], "response_time": 1.0})
+    assert bad.status_code == 400 and "leaves the canvas" in bad.json["error"]
+    too_many = client.post(path, json={"paths": [[[0, 0]]] * 5, "response_time": 1.0})
+    assert too_many.status_code == 400 and "1 to 4 drags" in too_many.json["error"]
+    answer = {"paths": [zigzag, [[0.5, 0.5], [0.9, 0.9]]], "response_time": 1.0}
+    assert client.post(path, json=answer).status_code == 200
+    web.close()
+    (game,) = rows(tmp_path / "study.sqlite")
+    strokes = np.array(json.loads(game["strokes"]))
+    assert game["stroke_format"] == "line" and "stroke_format" not in game["setting"]
+    np.testing.assert_allclose(strokes[:3, :2], zigzag[:3])  # 6 corners cut to 3 lines
+    np.testing.assert_allclose(strokes[2, 2:], zigzag[-1])
+    np.testing.assert_allclose(strokes[3], [0.5, 0.5, 0.9, 0.9])  # the second drag kept
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt install chromium)")
+def test_a_real_browser_draws_a_freehand_curve(tmp_path, run):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    database = tmp_path / "study.sqlite"
+    argv = ["--sender", "human", "--receiver", str(run), "--stroke-format", "cubic+opacity"]
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        with serving([*argv, "--games", "2", "--db", str(database)]) as (url, _):
+            page.goto(url)
+            page.click("#start")
+            page.wait_for_selector("#canvas")
+            box = page.locator("#canvas").bounding_box()
+            at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+            page.mouse.move(*at(0.2, 0.7))
+            page.mouse.down()
+            for angle in np.linspace(np.pi, 2 * np.pi, 30)[1:]:  # half a circle, over the top
+                page.mouse.move(*at(0.5 + 0.3 * np.cos(angle), 0.7 + 0.3 * np.sin(angle)))
+            page.mouse.up()
+            assert page.inner_text("#count") == "1 of 4 curves"
+            page.click("#send")
+            page.wait_for_selector("#feedback")
+        browser.close()
+    assert errors == []
+    (game,) = rows(database)
+    strokes = np.array(json.loads(game["strokes"]))
+    assert game["stroke_format"] == "cubic+opacity" and strokes.shape == (4, 9)
+    np.testing.assert_array_equal(strokes[:, 8], [1, 0, 0, 0])
+    size = 32
+    unit = lambda f: 2 * (f * size - 0.5) / (size - 1) - 1  # noqa: E731
+    np.testing.assert_allclose(
+        strokes[0, [0, 1, 6, 7]], [unit(0.2), unit(0.7), unit(0.8), unit(0.7)], atol=0.03
+    )
+    # a half circle's cubic: both controls above the ends, about 4/3 of the radius up
+    assert strokes[0, 3] < unit(0.7) - 0.5 and strokes[0, 5] < unit(0.7) - 0.5

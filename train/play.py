@@ -6,6 +6,10 @@
 
 Each player is ``human``, ``random`` (seeded) or a trained agent: a checkpoint file or a
 run folder of ``train.selfplay``, whose training game is then the default game.
+``--stroke-format`` (``line``, ``quadratic``, ``cubic``, with options such as
+``cubic+opacity``; see ``sketchenv.strokes``) is what a stroke is: a human sender's drag
+becomes a polyline of lines or one curve, and the database stores the format with each
+game (a setting with curves is not the same setting as with lines).
 Every game is written to SQLite as soon as it ends, so a kill loses at most the game in
 progress; running the same command again continues at the next game. Game ``i`` of a
 session depends only on ``(--seed, i)``, so every participant with the same seed sees the
@@ -24,6 +28,7 @@ import numpy as np
 
 import sketchenv
 from sketchenv.human import GameWindow, HumanReceiver, HumanSender, PlayerQuit
+from sketchenv.strokes import StrokeFormat
 from train.flags import run_command
 from train.study import GameRecord, StudyDB, format_report, load_rows, summarize, write_csv
 
@@ -36,6 +41,7 @@ DEFAULTS = {  # the game when neither a flag nor a checkpoint says otherwise
     "image_size": None,
     "n_distractors": None,
     "n_lines": 20,
+    "stroke_format": "line",
 }
 Policy = Callable[[dict, str], object]
 
@@ -106,6 +112,7 @@ def game_options(args: argparse.Namespace, agents: dict[str, Policy]) -> dict:
     for key, default in DEFAULTS.items():
         flag = getattr(args, key)
         options[key] = flag if flag is not None else trained.get(key, default)
+    options["stroke_format"] = str(StrokeFormat.parse(options["stroke_format"]))
     return options
 
 
@@ -197,6 +204,7 @@ def make_players(
     window: GameWindow | None,
     agents: dict[str, Policy],
     n_lines: int,
+    stroke_format: str = "line",
 ) -> tuple[Policy, Policy, Policy | None, str | None]:
     """The sender, the receiver, the compared agent receiver (if any) and that agent's name.
 
@@ -206,7 +214,7 @@ def make_players(
 
     def make(spec: str, role: str) -> Policy:
         if spec == "human" and role == SENDER:
-            return HumanSender(window, n_lines=n_lines)
+            return HumanSender(window, n_lines=n_lines, stroke_format=stroke_format)
         if spec == "human":
             return HumanReceiver(window)
         return agent_player(spec, env, agents)
@@ -254,6 +262,12 @@ def add_session_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-lines", type=int, default=None, help="default: the checkpoint's, else 20"
     )
+    parser.add_argument(
+        "--stroke-format",
+        default=None,
+        help="line, quadratic or cubic, with +width, +opacity, +colour options, e.g. "
+        "cubic+opacity (default: the checkpoint's, else line)",
+    )
     parser.add_argument("--games", type=int, default=30, help="games per session (default 30)")
     parser.add_argument(
         "--seed", type=int, default=0, help="the session's games depend only on it (default 0)"
@@ -281,6 +295,11 @@ def check_session_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--seed must be >= 0 and below 2**63, got {args.seed}")
     if args.n_lines is not None and args.n_lines < 1:
         parser.error(f"--n-lines must be >= 1, got {args.n_lines}")
+    if args.stroke_format is not None:
+        try:
+            StrokeFormat.parse(args.stroke_format)
+        except ValueError as err:
+            parser.error(f"--stroke-format: {err}")
     for option in ("sender", "receiver", "compare"):
         spec = getattr(args, option)
         if spec not in PLAYERS and not Path(spec).exists():
@@ -332,9 +351,12 @@ def report(path: str, csv_path: str | None = None) -> str:
 
 
 def session_setting(args: argparse.Namespace, options: dict, agents: dict[str, Policy]) -> dict:
-    """What makes two sessions comparable: the game, the data and who plays how."""
+    """What makes two sessions comparable: the game, the data, the strokes and who plays
+    how (a ``line`` stroke format is left out, so line sessions keep their old keys)."""
+    line = options.get("stroke_format", "line") == "line"
+    left_out = {"root", "stroke_format"} if line else {"root"}
     return {
-        **{key: value for key, value in options.items() if key != "root"},
+        **{key: value for key, value in options.items() if key not in left_out},
         "sender": player_identity(args.sender, agents),
         "sender_loss": training_loss(agents[args.sender]) if args.sender in agents else None,
         "receiver": player_identity(args.receiver, agents),
@@ -363,13 +385,16 @@ def run(args: argparse.Namespace) -> int:
     window = None
     if "human" in (args.sender, args.receiver):
         window = GameWindow(tuple(args.window_size), feedback=args.feedback)
-    sender, receiver, compare, agent = make_players(args, env, window, agents, options["n_lines"])
+    sender, receiver, compare, agent = make_players(
+        args, env, window, agents, options["n_lines"], options["stroke_format"]
+    )
     wins = db.wins(participant, setting, args.seed)
     played = 0
     try:
         if window is not None:
             title = f"Hello {participant}: {len(todo)} games to play"
-            window.message(title, _instructions(args, options["n_lines"], len(done)))
+            lines = _instructions(args, options["n_lines"], len(done), options["stroke_format"])
+            window.message(title, lines)
         for index in todo:
             for role, policy in enumerate((sender, receiver)):
                 if isinstance(policy, RandomPolicy):
@@ -420,14 +445,21 @@ def run(args: argparse.Namespace) -> int:
     return played
 
 
-def _instructions(args: argparse.Namespace, n_lines: int, done: int) -> list[str]:
+def _instructions(
+    args: argparse.Namespace, n_lines: int, done: int, stroke_format: str = "line"
+) -> list[str]:
     lines = []
     if args.receiver == "human":
         lines.append("You see a sketch and some images: pick the image the sketch shows.")
         lines.append("Click it, or type its number and press Enter.")
-    if args.sender == "human":
+    if args.sender == "human" and StrokeFormat.parse(stroke_format).primitive == "line":
         lines.append(f"You see an image: draw it with at most {n_lines} straight lines.")
-        lines.append("Drag to draw, Backspace / Ctrl-Z / right click undoes, Enter sends.")
+        lines.append("Drag freehand: each drag becomes lines along its path (corners kept).")
+    elif args.sender == "human":
+        lines.append(f"You see an image: draw it with at most {n_lines} curves.")
+        lines.append("Drag freehand: each drag becomes one smooth curve along its path.")
+    if args.sender == "human":
+        lines.append("Backspace / Ctrl-Z / right click undoes a drag, Enter sends.")
     lines.append(
         "After each game you see the right answer." if args.feedback else "There is no feedback."
     )

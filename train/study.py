@@ -1,7 +1,10 @@
 """The human-study record: one SQLite row per game, committed as the game ends, and the report.
 
-A session is identified by (participant, setting, seed); a setting is the game, the data
-and who played (sender, receiver, with or without feedback). Game ``i`` of a session is
+A session is identified by (participant, setting, seed); a setting is the game, the data,
+the stroke format and who played (sender, receiver, with or without feedback). Each game
+also stores its stroke format in a column of its own (``line`` for databases made before
+strokes had a format: opening one for writing adds the column, and a line setting's key
+leaves the format out, so old sessions resume as they were). Game ``i`` of a session is
 a pure function of ``(seed, i)``, so a participant who stops can continue later at the
 next game and a kill loses at most the game in progress.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.runs import write_csv as write_rows
+from sketchenv.strokes import StrokeFormat
 
 __all__ = [
     "GameRecord",
@@ -64,8 +68,10 @@ CREATE TABLE IF NOT EXISTS games (
     agent_choice INTEGER,
     agent_correct INTEGER,
     agent_class_correct INTEGER,
-    strokes TEXT NOT NULL,          -- JSON [n_lines][4] (x0, y0, x1, y1) in [-1, 1]
+    strokes TEXT NOT NULL,          -- JSON [n_lines][size]: the stroke format's columns
+                                    -- (line: x0, y0, x1, y1), coordinates in [-1, 1]
     finished_at TEXT NOT NULL,      -- UTC, ISO 8601
+    stroke_format TEXT NOT NULL DEFAULT 'line',  -- e.g. line, cubic+opacity (strokes.py)
     UNIQUE (participant, setting, seed, game_index)
 )
 """
@@ -113,8 +119,16 @@ class GameRecord:
 
 
 def setting_key(setting: dict) -> str:
-    """The canonical JSON text of a setting: equal settings give equal keys."""
+    """The canonical JSON text of a setting: equal settings give equal keys (a ``line``
+    stroke format is left out, so line settings keep the keys they had before formats)."""
+    if str(setting.get("stroke_format", "line")) == "line":
+        setting = {key: value for key, value in setting.items() if key != "stroke_format"}
     return json.dumps(setting, sort_keys=True, separators=(",", ":"))
+
+
+def stroke_format_name(setting: dict) -> str:
+    """The canonical name of a setting's stroke format (``line`` when it names none)."""
+    return str(StrokeFormat.parse(setting.get("stroke_format") or "line"))
 
 
 class StudyDB:
@@ -167,7 +181,28 @@ class StudyDB:
             with self.connection:
                 self.connection.execute(SCHEMA)
         if not read_only:
+            self._add_stroke_format_column()
             self.connection.execute("PRAGMA journal_mode=WAL")
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.connection.execute("PRAGMA table_info(games)")}
+
+    def _add_stroke_format_column(self) -> None:
+        """Migrate a database made before strokes had a format: its games drew lines."""
+        if "stroke_format" in self._columns():
+            return
+        try:
+            with self.connection:
+                self.connection.execute(
+                    "ALTER TABLE games ADD COLUMN stroke_format TEXT NOT NULL DEFAULT 'line'"
+                )
+        except sqlite3.OperationalError as err:
+            if "stroke_format" not in self._columns():  # not another session's migration
+                self.connection.close()
+                raise ValueError(
+                    f"cannot add the stroke_format column to {self.path} ({err}): give --db "
+                    "a writable file"
+                ) from err
 
     def keep_participants(self) -> None:
         """Add the web study's ``participants`` table if the file has none yet."""
@@ -246,6 +281,7 @@ class StudyDB:
             else int(game.candidate_labels[agent_choice] == game.candidate_labels[game.target]),
             "strokes": json.dumps(np.asarray(game.strokes, dtype=float).round(6).tolist()),
             "finished_at": game.finished_at,
+            "stroke_format": stroke_format_name(setting),
         }
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -262,9 +298,10 @@ class StudyDB:
         return cursor.rowcount == 1
 
     def rows(self) -> list[dict]:
-        """Every stored game as a dict, in the order played."""
+        """Every stored game as a dict, in the order played (``stroke_format`` is
+        ``line`` for the games of a database made before strokes had a format)."""
         cursor = self.connection.execute("SELECT * FROM games ORDER BY id")
-        return [dict(row) for row in cursor]
+        return [{"stroke_format": "line", **dict(row)} for row in cursor]
 
     def close(self) -> None:
         self.connection.close()
@@ -308,6 +345,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         summary.append(
             {
                 **setting,
+                "stroke_format": games[0]["stroke_format"],
                 "agent": next((g["agent"] for g in games if g["agent"]), None),
                 "agent_rate": float(np.mean(compared)) if compared else math.nan,
                 "agent_games": len(compared),
@@ -320,7 +358,16 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
                 "mean_response_time": float(np.mean([g["response_time"] for g in games])),
             }
         )
-    order = ("game", "dataset", "split", "sender", "receiver", "n_lines", "feedback")
+    order = (
+        "game",
+        "dataset",
+        "split",
+        "sender",
+        "receiver",
+        "n_lines",
+        "stroke_format",
+        "feedback",
+    )
     return sorted(summary, key=lambda r: tuple(str(r.get(k)) for k in order))
 
 
@@ -350,6 +397,7 @@ def format_report(summary: Sequence[dict]) -> str:
         "loss",
         "receiver",
         "lines",
+        "strokes",
         "agent comm. rate",
         "comm. rate",
         "class comm. rate",
@@ -368,6 +416,7 @@ def format_report(summary: Sequence[dict]) -> str:
                 row.get("sender_loss") or "-",
                 row["receiver"],
                 str(row["n_lines"]),
+                row.get("stroke_format") or "line",
                 _percent(row["agent_rate"]),
                 _percent(row["comm_rate"], row["comm_std"]),
                 _percent(row["class_rate"], row["class_std"]),

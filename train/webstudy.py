@@ -10,6 +10,17 @@ is revealed, with feedback on, only in the reply to that game's answer. Game ``i
 participant is a pure function of ``(their seed, i)``, as in ``train.play``, so the server
 keeps nothing in memory that a restart could lose: the study database is the whole state.
 The web layer (Flask routes, waitress) is ``train.serve``.
+
+Strokes follow the game's stroke format (``--stroke-format``). A sender's page draws
+freehand and sends each drag's raw pointer path (``{"paths": [[[x, y], ...], ...]}``, canvas
+units); the server turns the paths into strokes with the very functions of the pygame
+window (``sketchenv.human.path_to_strokes``: a polyline of lines simplified within one
+image pixel, or one least-squares Bézier curve per drag), so there is one implementation
+of the fitting. Drag ``i`` is simplified to leave a stroke for each later drag, as the
+window's "strokes left" does. The page previews lines with the same simplification
+ported to JavaScript (the server's is the one recorded) and curves as the path drawn.
+A client may instead send finished strokes (``{"strokes": [...]}``, rows of the format's
+columns), checked against the format and padded as the window pads.
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ import numpy as np
 from PIL import Image
 
 import sketchenv
-from sketchenv.human import pad_strokes
+from sketchenv.human import pad_strokes, path_to_strokes
+from sketchenv.strokes import StrokeFormat
 from train.play import (
     RECEIVER,
     SENDER,
@@ -47,6 +59,7 @@ from train.study import GameRecord, StudyDB
 TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 random bits
 MAX_SECONDS = 24 * 3600.0  # a longer response time is a broken client, not a person
 GAMES_KEPT = 128  # prepared games kept in memory (at 64 px, 100 candidates: ~0.6 MB each)
+MAX_PATH_POINTS = 2000  # points of one drag (the page keeps them 0.01 canvas units apart)
 
 
 class StudyError(Exception):
@@ -106,6 +119,8 @@ class WebStudy:
             if hasattr(agent, "check_env"):
                 agent.check_env(self.env)
         self.n_lines = int(self.options["n_lines"])
+        self.stroke_format = StrokeFormat.parse(self.options["stroke_format"])
+        self.tolerance = 2 / (max(self.env.unwrapped.core.image_size) - 1)  # an image pixel
         self.n_candidates = self.env.n_candidates
         other = args.receiver if self.role == SENDER else args.sender
         self.agent_player = agent_player(other, self.env, agents)  # the one who is not a person
@@ -157,6 +172,8 @@ class WebStudy:
             "n_games": self.args.games,
             "feedback": self.args.feedback,
             "n_lines": self.n_lines,
+            "stroke_format": str(self.stroke_format),
+            "tolerance": self.tolerance,
             "n_candidates": self.n_candidates,
         }
 
@@ -250,11 +267,14 @@ class WebStudy:
 
     def parse_answer(self, body: object) -> Answer:
         """The answer a page sent, or a 400 naming what is wrong with it."""
-        expected = {"strokes" if self.role == SENDER else "choice", "response_time"}
+        drawing = "paths" if isinstance(body, dict) and "paths" in body else "strokes"
+        expected = {drawing if self.role == SENDER else "choice", "response_time"}
         if not isinstance(body, dict) or set(body) != expected:
             keys = sorted(body) if isinstance(body, dict) else type(body).__name__
+            wanted = "'paths' or 'strokes'" if self.role == SENDER else "'choice'"
             raise StudyError(
-                400, f"the answer must be a JSON object with {sorted(expected)}, got {keys}"
+                400,
+                f"the answer must be a JSON object with {wanted} and 'response_time', got {keys}",
             )
         seconds = body["response_time"]
         if not _is_number(seconds) or not 0 <= seconds <= MAX_SECONDS:
@@ -268,29 +288,80 @@ class WebStudy:
             if not 0 <= choice < self.n_candidates:
                 raise StudyError(400, f"choice must be in 0..{self.n_candidates - 1}, got {choice}")
             return Answer(choice, None, float(seconds))
+        if drawing == "paths":
+            return Answer(None, self.parse_paths(body["paths"]), float(seconds))
         return Answer(None, self.parse_strokes(body["strokes"]), float(seconds))
 
     def parse_strokes(self, strokes: object) -> np.ndarray:
-        """1 to ``n_lines`` strokes ``[x0, y0, x1, y1]`` in [-1, 1], padded as the window does."""
+        """1 to ``n_lines`` strokes of the game's format (coordinates in [-1, 1], options in
+        their ranges), padded as the window does."""
+        fmt = self.stroke_format
         if not isinstance(strokes, list) or not 1 <= len(strokes) <= self.n_lines:
             count = len(strokes) if isinstance(strokes, list) else type(strokes).__name__
             raise StudyError(
                 400, f"strokes must be a list of 1 to {self.n_lines} strokes, got {count}"
             )
+        low, high = fmt.bounds()
         for stroke in strokes:
-            if not isinstance(stroke, list) or len(stroke) != 4 or not all(map(_is_number, stroke)):
+            valid = isinstance(stroke, list) and len(stroke) == fmt.size
+            if not valid or not all(map(_is_number, stroke)):
                 raise StudyError(
-                    400, f"each stroke must be 4 numbers [x0, y0, x1, y1], got {stroke!r}"
+                    400,
+                    f"each stroke must be {fmt.size} numbers [{', '.join(fmt.columns)}] for this "
+                    f"game's {fmt} strokes, got {stroke!r}",
                 )
-            if not all(-1 <= value <= 1 for value in stroke):
+            outside = [
+                c
+                for c, v, a, b in zip(fmt.columns, stroke, low, high, strict=True)
+                if not a <= v <= b
+            ]
+            if outside:
                 raise StudyError(
-                    400, f"stroke {stroke} leaves the canvas: coordinates are in [-1, 1]"
+                    400,
+                    f"stroke {stroke} has {', '.join(outside)} out of range: coordinates "
+                    "are in [-1, 1], width, opacity and colour in their ranges (strokes.py)",
                 )
-        return pad_strokes([tuple(stroke) for stroke in strokes], self.n_lines)
+        return pad_strokes(strokes, self.n_lines, fmt)
+
+    def parse_paths(self, paths: object) -> np.ndarray:
+        """1 to ``n_lines`` drags, each a list of ``[x, y]`` points in [-1, 1], as strokes of
+        the game's format (``fit_paths``)."""
+        if not isinstance(paths, list) or not 1 <= len(paths) <= self.n_lines:
+            count = len(paths) if isinstance(paths, list) else type(paths).__name__
+            raise StudyError(400, f"paths must be a list of 1 to {self.n_lines} drags, got {count}")
+        for path in paths:
+            if not isinstance(path, list) or not 1 <= len(path) <= MAX_PATH_POINTS:
+                raise StudyError(
+                    400, f"each path must be a list of 1 to {MAX_PATH_POINTS} [x, y] points"
+                )
+            for point in path:
+                if (
+                    not isinstance(point, list)
+                    or len(point) != 2
+                    or not all(map(_is_number, point))
+                ):
+                    raise StudyError(400, f"each point must be 2 numbers [x, y], got {point!r}")
+                if not all(-1 <= value <= 1 for value in point):
+                    raise StudyError(
+                        400, f"point {point} leaves the canvas: coordinates are in [-1, 1]"
+                    )
+        return fit_paths(paths, self.stroke_format, self.n_lines, self.tolerance)
 
     def close(self) -> None:
         self.env.close()
         self.db.close()
+
+
+def fit_paths(
+    paths: list, stroke_format: StrokeFormat, n_lines: int, tolerance: float
+) -> np.ndarray:
+    """Drags' pointer paths -> float32 ``[n_lines, size]`` strokes, padded: each drag as the
+    window makes it (``path_to_strokes``), drag ``i`` keeping a stroke for each later one."""
+    strokes: list[np.ndarray] = []
+    for i, path in enumerate(paths):
+        left = n_lines - len(strokes) - (len(paths) - 1 - i)
+        strokes.extend(path_to_strokes(path, stroke_format, tolerance, max_strokes=left))
+    return pad_strokes(strokes, n_lines, stroke_format)
 
 
 def _is_number(value: object) -> bool:

@@ -75,9 +75,11 @@ async function start() {
   const study = await api("study");
   const rules = study.role === "receiver"
     ? ["You will see a sketch and some pictures.", "Click the picture the sketch was drawn from."]
-    : [`You will see a picture. Draw it with at most ${study.n_lines} straight lines:`
-      + " press, drag and release for each line.", "Then press Send: a computer will guess"
-      + " which of several pictures you drew."];
+    : [`You will see a picture. Draw it freehand with at most ${study.n_lines} `
+      + (study.stroke_format.startsWith("line")
+        ? "straight lines: each drag becomes lines along its path, corners kept."
+        : "curves: each drag becomes one smooth curve along its path."),
+    "Then press Send: a computer will guess which of several pictures you drew."];
   rules.push(study.feedback ? "After each game you see the right answer."
     : "You are not told whether you were right.");
   rules.push(`There are ${study.n_games} games. You can stop and come back later with the`
@@ -161,22 +163,60 @@ function sketchPanel(source) {
 }
 
 // ----- the participant as sender -------------------------------------------------------
+// The person draws freehand; the page sends each drag's pointer path and the server makes
+// the game's strokes from it (train/webstudy.py). Lines are previewed with the server's
+// simplification (Ramer-Douglas-Peucker within one image pixel, capped to the lines left);
+// a curve is previewed as the path itself (the server fits one Bezier curve to it).
+const MIN_STEP = 0.01; // canvas units between two recorded points of a path
+
+// The points of `points` kept by RDP within `tolerance`, at most `maxPoints` (the farthest
+// point of the worst chord first), as sketchenv.human.simplify_path keeps them.
+function simplify(points, tolerance, maxPoints = Infinity) {
+  if (points.length === 1) return [points[0], points[0]];
+  let kept = [0, points.length - 1];
+  while (kept.length < maxPoints) {
+    let worst = tolerance;
+    let split = -1;
+    for (let k = 0; k + 1 < kept.length; k++) {
+      for (let i = kept[k] + 1; i < kept[k + 1]; i++) {
+        const distance = segmentDistance(points[i], points[kept[k]], points[kept[k + 1]]);
+        if (distance > worst) [worst, split] = [distance, i];
+      }
+    }
+    if (split < 0) break;
+    kept = [...kept, split].sort((x, y) => x - y);
+  }
+  return kept.map((i) => points[i]);
+}
+
+function segmentDistance([px, py], [ax, ay], [bx, by]) {
+  const [dx, dy] = [bx - ax, by - ay];
+  const length2 = dx * dx + dy * dy;
+  const t = length2 > 0 ? Math.min(1, Math.max(0, ((px - ax) * dx + (py - ay) * dy) / length2)) : 0;
+  return Math.hypot(px - ax - t * dx, py - ay - t * dy);
+}
+
 function senderGame(state, game) {
+  const lines = (state.stroke_format || "line").split("+")[0] === "line";
+  const noun = lines ? "lines" : "curves";
   const image = picture(game.image, "large", "your picture");
   const canvas = el("canvas", { class: "large", id: "canvas" });
   const count = el("span", { id: "count" });
-  const strokes = [];
-  let start = null; // the first point of the line being drawn, in [-1, 1]
-  let preview = null;
+  const drags = []; // per drag: its path and the points drawn (a polyline for lines)
+  let path = null; // the drag in progress, [x, y] points in [-1, 1]
   const shownAt = performance.now();
+  const used = () => drags.reduce((n, drag) => n + (lines ? drag.shape.length - 1 : 1), 0);
+  const shape = (points) =>
+    lines ? simplify(points, state.tolerance, state.n_lines - used() + 1) : points;
 
-  const undo = el("button", { id: "undo", onclick: () => { strokes.pop(); redraw(); } }, "Undo");
+  const undo = el("button", { id: "undo", onclick: () => { drags.pop(); redraw(); } }, "Undo");
   const sendButton = el("button", { class: "primary", id: "send" }, "Send");
   sendButton.addEventListener("click", () => {
-    if (!strokes.length) return;
+    if (!drags.length) return;
     sendButton.disabled = undo.disabled = true;
     const seconds = (performance.now() - shownAt) / 1000;
-    send(state, game, { strokes: strokes, response_time: seconds }, (reply) =>
+    const paths = drags.map((drag) => drag.path);
+    send(state, game, { paths: paths, response_time: seconds }, (reply) =>
       afterGame(state, reply, [el("div", { class: "pictures" }, panel("Your picture", game.image),
         panel("Your sketch", reply.sketch ?? game.image)),
       el("p", {}, "The computer's guess is red when wrong; the green picture is yours."),
@@ -184,55 +224,71 @@ function senderGame(state, game) {
   });
 
   // A point of the canvas in the game's coordinates: pixel centres of a W-pixel picture
-  // sit at -1 + 2 i / (W - 1), as sketchenv's rasteriser has them.
+  // sit at -1 + 2 i / (W - 1), as sketchenv's rasteriser has them (rounded: 1e-4 is far
+  // below a pixel, and keeps the answer small).
   const size = () => image.naturalWidth || 64;
   const toGame = (event) => {
     const box = canvas.getBoundingClientRect();
     const unit = (offset, extent) => {
       const pixel = (offset / extent) * size() - 0.5;
-      return Math.min(1, Math.max(-1, (2 * pixel) / (size() - 1) - 1));
+      const value = Math.min(1, Math.max(-1, (2 * pixel) / (size() - 1) - 1));
+      return Math.round(value * 1e4) / 1e4;
     };
     return [unit(event.clientX - box.left, box.width), unit(event.clientY - box.top, box.height)];
   };
   const toCanvas = ([x, y]) => [((x + 1) / 2) * canvas.width, ((y + 1) / 2) * canvas.height];
 
+  function stroke(context, points, colour, width) {
+    context.strokeStyle = colour;
+    context.lineWidth = width;
+    context.beginPath();
+    context.moveTo(...toCanvas(points[0]));
+    for (const point of points.length > 1 ? points.slice(1) : points) {
+      context.lineTo(...toCanvas(point));
+    }
+    context.stroke();
+  }
+
   function redraw() {
     const context = canvas.getContext("2d");
     context.fillStyle = "#fff";
     context.fillRect(0, 0, canvas.width, canvas.height);
-    context.strokeStyle = "#000";
-    context.lineCap = "round";
-    context.lineWidth = canvas.width / 64;
-    const lines = preview ? [...strokes, preview] : strokes;
-    for (const [x0, y0, x1, y1] of lines) {
-      context.beginPath();
-      context.moveTo(...toCanvas([x0, y0]));
-      context.lineTo(...toCanvas([x1, y1]));
-      context.stroke();
+    context.lineCap = context.lineJoin = "round";
+    const width = canvas.width / 64;
+    for (const drag of drags) stroke(context, drag.shape, "#000", width);
+    if (path) {
+      stroke(context, path, "#96bef0", width / 3);
+      if (lines) stroke(context, shape(path), "#6e6e6e", width);
     }
-    count.textContent = `${strokes.length} of ${state.n_lines} lines`;
-    sendButton.disabled = strokes.length === 0;
-    undo.disabled = strokes.length === 0;
+    count.textContent = `${used()} of ${state.n_lines} ${noun}`;
+    sendButton.disabled = drags.length === 0;
+    undo.disabled = drags.length === 0;
   }
 
   canvas.addEventListener("pointerdown", (event) => {
-    if (strokes.length >= state.n_lines) return;
+    if (used() >= state.n_lines) return;
     canvas.setPointerCapture(event.pointerId);
-    start = toGame(event);
+    path = [toGame(event)];
   });
   canvas.addEventListener("pointermove", (event) => {
-    if (start === null) return;
-    preview = [...start, ...toGame(event)];
+    if (path === null) return;
+    const point = toGame(event);
+    const last = path[path.length - 1];
+    if (Math.hypot(point[0] - last[0], point[1] - last[1]) < MIN_STEP) return;
+    path.push(point);
     redraw();
   });
   const finish = (event) => {
-    if (start === null) return;
-    strokes.push([...start, ...toGame(event)]);
-    start = preview = null;
+    if (path === null) return;
+    const point = toGame(event);
+    const last = path[path.length - 1];
+    if (point[0] !== last[0] || point[1] !== last[1]) path.push(point);
+    drags.push({ path: path, shape: shape(path) });
+    path = null;
     redraw();
   };
   canvas.addEventListener("pointerup", finish);
-  canvas.addEventListener("pointercancel", () => { start = preview = null; redraw(); });
+  canvas.addEventListener("pointercancel", () => { path = null; redraw(); });
 
   show(progressBar(state, game.game),
     el("div", { class: "pictures" }, panel("Your picture", null, image),
