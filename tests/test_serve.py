@@ -371,7 +371,9 @@ def test_a_real_browser_plays_receiver_and_sender_games(tmp_path, run):
     np.testing.assert_allclose(strokes[3], strokes[0][[0, 1, 0, 1]])  # the undone 4th: a dot
 
 
-def test_a_curve_sender_sends_freehand_paths_and_the_server_fits_them(tmp_path, run):
+def test_a_curve_sender_sends_freehand_paths_and_the_server_fits_them(tmp_path):
+    run = write_run(tmp_path / "run", image_size=32, lines=4, primitive="cubic",
+                    stroke_opacity=True)  # fmt: skip
     args = ["--sender", "human", "--receiver", str(run), "--stroke-format", "cubic+opacity"]
     web, client = study(tmp_path, *args)
     token = join(client)
@@ -395,6 +397,9 @@ def test_a_curve_sender_sends_freehand_paths_and_the_server_fits_them(tmp_path, 
     (game,) = rows(tmp_path / "study.sqlite")
     strokes = np.array(json.loads(game["strokes"]))
     assert game["stroke_format"] == "cubic+opacity" and strokes.shape == (4, 9)
+    with pytest.raises(ValueError, match="the env's strokes are cubic, these agents draw"):
+        study(tmp_path / "other", "--sender", "human", "--receiver", str(run),
+              "--stroke-format", "cubic")  # fmt: skip
     np.testing.assert_allclose(strokes[0, :8], control.ravel(), atol=1e-3)  # the fitted curve
     np.testing.assert_allclose(strokes[1, :8], [0.2, -0.3] * 4)  # the click: a point
     np.testing.assert_array_equal(strokes[:, 8], [1, 1, 0, 0])  # the rest left out
