@@ -426,8 +426,10 @@ def test_line_paths_become_polylines_leaving_a_line_for_each_later_drag(tmp_path
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt install chromium)")
-def test_a_real_browser_draws_a_freehand_curve(tmp_path, run):
+def test_a_real_browser_draws_a_freehand_curve(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    run = write_run(tmp_path / "run", image_size=32, lines=4, primitive="cubic",
+                    stroke_opacity=True)  # fmt: skip
     database = tmp_path / "study.sqlite"
     argv = ["--sender", "human", "--receiver", str(run), "--stroke-format", "cubic+opacity"]
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
