@@ -47,8 +47,10 @@ __all__ = [
 PRIMITIVES = {"line": 2, "quadratic": 3, "cubic": 4}  # control points per stroke
 OPTIONS = ("width", "opacity", "colour")
 MIN_WIDTH, MAX_WIDTH = 0.25, 4.0
-# An opacity above this counts as a stroke used (a sender leaves a stroke out with 0).
-USED_OPACITY = 0.5
+# An opacity above this counts as a stroke used: it inks a tenth of what an opaque one does
+# (senders trained with the drawing cost keep the strokes they use faint, 0.1-0.3, and
+# push the rest to ~0, so a threshold of 1/2 would count none).
+USED_OPACITY = 0.1
 
 
 @dataclass(frozen=True)

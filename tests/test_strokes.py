@@ -124,11 +124,11 @@ def test_polyline_pads_with_the_end_point_and_leaves_lines_alone():
     assert polyline(line, 0.01) is line
 
 
-def test_strokes_used_counts_opacity_above_one_half():
+def test_strokes_used_counts_opacity_above_a_tenth():
     strokes = torch.zeros(2, 3, 5)
-    strokes[0, :, 4] = torch.tensor([0.9, 0.2, 0.51])
-    strokes[1, :, 4] = torch.tensor([0.5, 0.0, 1.0])
-    assert strokes_used(strokes, StrokeFormat("line", opacity=True)).tolist() == [2, 1]
+    strokes[0, :, 4] = torch.tensor([0.9, 0.2, 0.11])
+    strokes[1, :, 4] = torch.tensor([0.1, 0.0, 1.0])
+    assert strokes_used(strokes, StrokeFormat("line", opacity=True)).tolist() == [3, 1]
     assert strokes_used(strokes[..., :4], StrokeFormat()).tolist() == [3, 3]
 
 

@@ -11,7 +11,7 @@ plays the same games. Written atomically to ``--output`` (default
 
 * ``metrics.json``  communication rate (pooled, and mean +- std over batches), class
   communication rate, chance, loss, per-class rates (by the target's class), strokes
-  used per sketch (mean, std and histogram; strokes with opacity > 0.5 when the stroke
+  used per sketch (mean, std and histogram; strokes with opacity > 0.1 when the stroke
   format has opacity, else all), settings, and the sketches' *recognisability* (below);
 * ``games.jsonl``   one record per game: candidate ids (dataset indices), target, choice,
   correct, class_correct, strokes used, the sender's image id and class names;
