@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/raster.py            # the table (~10 minutes on 2 cores)
     nice -n 10 python benchmarks/raster.py --quick    # smaller, for a smoke test
+    nice -n 10 python benchmarks/raster.py --primitives-only --primitive all  # curves only
 
 Each row times one forward+backward, `loss = (render(strokes) * weights).sum()`, of random
 strokes in [-1, 1]. Implementations:
@@ -18,6 +19,13 @@ memory that merely existed before. Time is the median over repeats after one war
 clock and as process CPU time (summed over threads). On a shared, busy machine multi-threaded
 runs of every implementation lose time waiting for descheduled threads; `--threads 1` then
 gives the steadier comparison.
+The second table ("primitives") draws each `--primitive` (line, quadratic or cubic Bézier
+curves, or all three) at 100 × 20 × 96²: every control point uniform in [-1, 1], no width,
+opacity or colour option, the default curve tolerance (0.1 σ). It prints ours against the
+naive reference for the same primitive, and ours for a curve against ours for lines with the
+same stroke count. The naive reference keeps every (sketch, stroke, chord, pixel) term (a
+cubic here has ~56 chords), so for curves it runs on `--naive-curve-sketches` sketches and is
+scaled (its chord count is that smaller batch's largest, which only flatters it).
 At 100 × 50 × 224² the naive reference needs far more memory than a shared machine should
 give it, so by default it runs on fewer sketches and its figures are scaled linearly (marked
 with *; naive cost is linear in the number of sketches). `--naive-full` measures it in full.
@@ -39,6 +47,8 @@ SETTINGS = {  # name: (sketches, strokes, image size)
     "large": (100, 50, 224),
 }
 IMPLEMENTATIONS = ("naive", "ours", "ours-torch")
+PRIMITIVES = ("line", "quadratic", "cubic")
+PRIMITIVE_SETTING = (100, 20, 96)  # sketches, strokes, image size of the primitives table
 
 
 def _status_kib(field: str) -> int:
@@ -49,7 +59,13 @@ def _status_kib(field: str) -> int:
 
 
 def worker(
-    implementation: str, sketches: int, strokes: int, size: int, repeats: int, threads: int
+    implementation: str,
+    sketches: int,
+    strokes: int,
+    size: int,
+    repeats: int,
+    threads: int,
+    primitive: str = "line",
 ) -> dict:
     """Measure one implementation in this (fresh) process; returns a JSON-able dict."""
     if implementation == "ours-torch":
@@ -61,11 +77,14 @@ def worker(
 
     from sketchenv._raster_reference import naive_render_strokes
     from sketchenv.raster import render_strokes
+    from sketchenv.strokes import StrokeFormat
+
+    stroke_format = StrokeFormat(primitive)
 
     def render(s):
         if implementation == "naive":
-            return naive_render_strokes(s, (s_size, s_size))
-        return render_strokes(s, s_size)
+            return naive_render_strokes(s, (s_size, s_size), stroke_format=stroke_format)
+        return render_strokes(s, s_size, stroke_format=stroke_format)
 
     def step(points, weights):
         leaf = points.detach().requires_grad_()
@@ -73,7 +92,7 @@ def worker(
         return leaf.grad
 
     generator = torch.Generator().manual_seed(0)
-    points = torch.rand(sketches, strokes, 4, generator=generator) * 2 - 1
+    points = torch.rand(sketches, strokes, stroke_format.size, generator=generator) * 2 - 1
     weights = torch.rand(sketches, size, size, generator=generator)
     s_size = 8
     step(points[:1, :2], weights[:1, :8, :8])  # load libraries, kernel and thread pools
@@ -99,32 +118,25 @@ def worker(
 
 
 def measure(
-    implementation: str, sketches: int, strokes: int, size: int, repeats: int, threads: int
+    implementation: str,
+    sketches: int,
+    strokes: int,
+    size: int,
+    repeats: int,
+    threads: int,
+    primitive: str = "line",
 ) -> dict:
     command = [sys.executable, __file__, "--worker", implementation, str(sketches)]
     command += [str(strokes), str(size), "--repeats", str(repeats), "--threads", str(threads)]
+    command += ["--primitive", primitive]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{implementation} worker failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--naive-full", action="store_true", help="never shrink the naive run")
-    parser.add_argument("--naive-sketches", type=int, default=10, help="naive batch at 224²")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument(
-        "--worker", nargs=4, metavar=("IMPL", "B", "N", "S"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args()
-    if args.worker:
-        implementation, *sizes = args.worker
-        print(json.dumps(worker(implementation, *map(int, sizes), args.repeats, args.threads)))
-        return
-
+def settings_table(args) -> None:
+    """Ours and ours-torch against naive at the SETTINGS sizes (line strokes)."""
     settings = {"quick": (10, 20, 64)} if args.quick else SETTINGS
     header = f"{'setting':<22}{'implementation':<16}{'wall ms':>10}{'cpu ms':>10}{'peak MiB':>10}"
     print(header + f"{'× faster (wall/cpu)':>22}{'× less memory':>15}")
@@ -138,23 +150,100 @@ def main() -> None:
             result = measure(
                 implementation, run_sketches, strokes, size, args.repeats, args.threads
             )
-            scale = sketches / run_sketches
-            for key in ("wall_ms", "cpu_ms", "peak_mib"):
-                result[key] *= scale
-            result["scaled"] = scale != 1
-            rows[implementation] = result
+            rows[implementation] = _scaled(result, sketches / run_sketches)
         naive = rows["naive"]
         for implementation, r in rows.items():
-            mark = "*" if r["scaled"] else ""
-            line = f"{label:<22}{implementation + mark:<16}"
-            line += f"{r['wall_ms']:>10.1f}{r['cpu_ms']:>10.1f}{r['peak_mib']:>10.1f}"
+            line = _row(label, implementation, r)
             if implementation != "naive":
-                speed = (
-                    f"{naive['wall_ms'] / r['wall_ms']:.0f} / {naive['cpu_ms'] / r['cpu_ms']:.0f}"
-                )
-                line += f"{speed:>22}{naive['peak_mib'] / max(r['peak_mib'], 0.1):>15.0f}"
+                line += _ratios(naive, r)
             print(line, flush=True)
     print(f"threads: {rows['ours']['threads']}; * = naive measured on fewer sketches, scaled")
+
+
+def primitives_table(args) -> None:
+    """Per primitive at PRIMITIVE_SETTING: ours against naive, and ours against ours-for-lines."""
+    sketches, strokes, size = (10, 20, 64) if args.quick else PRIMITIVE_SETTING
+    primitives = PRIMITIVES if args.primitive == "all" else (args.primitive,)
+    if "line" not in primitives:
+        primitives = ("line", *primitives)  # the baseline of the curve / line ratio
+    label = f"{sketches}×{strokes}×{size}²"
+    print(
+        f"\nprimitives: {label}, forward+backward, control points uniform in [-1, 1], "
+        "no width/opacity/colour option"
+    )
+    header = f"{'primitive':<22}{'implementation':<16}{'wall ms':>10}{'cpu ms':>10}{'peak MiB':>10}"
+    print(header + f"{'× faster (wall/cpu)':>22}{'× less memory':>15}{'÷ ours line':>14}")
+    ours = {}
+    for primitive in primitives:
+        naive_sketches = sketches
+        if primitive != "line" and not args.naive_full:
+            naive_sketches = min(sketches, args.naive_curve_sketches)
+        naive = _scaled(
+            measure("naive", naive_sketches, strokes, size, args.repeats, args.threads, primitive),
+            sketches / naive_sketches,
+        )
+        ours[primitive] = measure(
+            "ours", sketches, strokes, size, args.repeats, args.threads, primitive
+        )
+        print(_row(primitive, "naive", naive), flush=True)
+        line = _row(primitive, "ours", ours[primitive]) + _ratios(naive, ours[primitive])
+        base = ours["line"]
+        line += f"{ours[primitive]['wall_ms'] / base['wall_ms']:>8.2f} / "
+        line += f"{ours[primitive]['cpu_ms'] / base['cpu_ms']:.2f}"
+        print(line, flush=True)
+    print(
+        f"threads: {ours['line']['threads']}; * = naive measured on fewer sketches, scaled; "
+        "÷ ours line = wall / cpu time of ours for this primitive over ours for lines"
+    )
+
+
+def _scaled(result: dict, scale: float) -> dict:
+    for key in ("wall_ms", "cpu_ms", "peak_mib"):
+        result[key] *= scale
+    result["scaled"] = scale != 1
+    return result
+
+
+def _row(label: str, implementation: str, r: dict) -> str:
+    mark = "*" if r.get("scaled") else ""
+    line = f"{label:<22}{implementation + mark:<16}"
+    return line + f"{r['wall_ms']:>10.1f}{r['cpu_ms']:>10.1f}{r['peak_mib']:>10.1f}"
+
+
+def _ratios(naive: dict, r: dict) -> str:
+    speed = f"{naive['wall_ms'] / r['wall_ms']:.0f} / {naive['cpu_ms'] / r['cpu_ms']:.0f}"
+    return f"{speed:>22}{naive['peak_mib'] / max(r['peak_mib'], 0.1):>15.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--naive-full", action="store_true", help="never shrink the naive run")
+    parser.add_argument("--naive-sketches", type=int, default=10, help="naive batch at 224²")
+    parser.add_argument(
+        "--naive-curve-sketches", type=int, default=5, help="naive batch for curves"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--primitive", choices=[*PRIMITIVES, "all"], default="all", help="primitives table"
+    )
+    parser.add_argument(
+        "--primitives-only", action="store_true", help="skip the line settings table"
+    )
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("IMPL", "B", "N", "S"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.worker:
+        implementation, *sizes = args.worker
+        primitive = "line" if args.primitive == "all" else args.primitive
+        result = worker(implementation, *map(int, sizes), args.repeats, args.threads, primitive)
+        print(json.dumps(result))
+        return
+    if not args.primitives_only:
+        settings_table(args)
+    primitives_table(args)
 
 
 if __name__ == "__main__":

@@ -37,13 +37,17 @@ SOURCE = r"""
 
 namespace {
 
+// The per-pixel helpers are forced inline: a call left in an `omp simd` loop stops it
+// vectorising (GCC's inliner gives up on them in the larger instantiations).
+#define INLINE inline __attribute__((always_inline))
+
 enum { KERNEL_EXP = 0, KERNEL_SIGMOID = 1 };
-enum { COMPOSITE_SOFTOR = 0, COMPOSITE_MAX = 1 };
+enum { COMPOSITE_SOFTOR = 0, COMPOSITE_MAX = 1, COMPOSITE_COLOUR = 2 };
 
 // exp(x) from arithmetic only (Cody-Waite reduction, degree-7 Taylor polynomial, exponent
 // bits), so loops calling it vectorise and scalar and vector lanes give identical results.
 // Relative error ~2e-7 for x in [-87, 88].
-inline float exp_approx(float x) {
+INLINE float exp_approx(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
   float r = x - n * 0.693359375f;
@@ -55,13 +59,19 @@ inline float exp_approx(float x) {
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
 }
-inline float exp_t(float x) { return exp_approx(x); }
-inline double exp_t(double x) { return std::exp(x); }
+INLINE float exp_t(float x) { return exp_approx(x); }
+INLINE double exp_t(double x) { return std::exp(x); }
 
+// Backward caps z = d² / (σ² width²) here: the ink is already exactly 0 beyond it in both
+// dtypes (so k is unchanged), and a finite z keeps the width gradient's dr · z at 0 rather
+// than 0 · inf for pixels no chord reached (their d² is infinite).
+constexpr double kMaxZ = 1e4;
+
+// One chord a -> b of a stroke's polyline, from s = (x0, y0, x1, y1).
 template <typename T>
-struct Stroke {
+struct Segment {
   T x0, y0, dx, dy, inv_length2, t_lo, t_hi, dot;
-  explicit Stroke(const T* s) : x0(s[0]), y0(s[1]), dx(s[2] - s[0]), dy(s[3] - s[1]) {
+  explicit Segment(const T* s) : x0(s[0]), y0(s[1]), dx(s[2] - s[0]), dy(s[3] - s[1]) {
     const T length2 = dx * dx + dy * dy;
     // Shorter than ~1e-19 is a dot: 1 / length2 must stay finite.
     const bool is_dot = !(length2 > std::numeric_limits<T>::min());
@@ -72,30 +82,47 @@ struct Stroke {
   }
 };
 
-// Offset e = p - closest point, its parameter t, and the ink r at one pixel, without branches:
-// e = (perpendicular part, exact via the cross product) + (overshoot past an end) + (u for a
-// dot). Inside the segment t_raw - t is exactly 0, so e has no spurious along-stroke part.
-template <typename T, int KERNEL>
-inline void pixel(const Stroke<T>& s, T ux, T uy, T inv_sigma2, T& t, T& ex, T& ey, T& r) {
+// Offset e = p - closest point, its parameter t, and d² = |e|² at one pixel (u = p - a),
+// without branches: e = (perpendicular part, exact via the cross product) + (overshoot past an
+// end) + (u for a dot). Inside the chord t_raw - t is exactly 0, so e has no spurious
+// along-chord part. The same operations as the PyTorch path's `_stroke_geometry`.
+template <typename T>
+INLINE T distance2(const Segment<T>& s, T ux, T uy, T& t, T& ex, T& ey) {
   const T t_raw = (ux * s.dx + uy * s.dy) * s.inv_length2;
   t = std::min(std::max(t_raw, s.t_lo), s.t_hi);
   const T k = (ux * s.dy - uy * s.dx) * s.inv_length2;
   const T past = t_raw - t;
   ex = k * s.dy + past * s.dx + s.dot * ux;
   ey = past * s.dy - k * s.dx + s.dot * uy;
-  const T z = (ex * ex + ey * ey) * inv_sigma2;
-  r = KERNEL == KERNEL_EXP ? exp_t(-z) : T(2) / (T(1) + exp_t(z));
+  return ex * ex + ey * ey;
 }
 
-// The pixels within `radius` of a stroke (a superset): rows of its y-extent, and per row the
+// The per-stroke constants: opacity multiplies the ink, width scales σ (inv_s = 1 / (σ² w²)).
+template <typename T>
+struct Style {
+  T inv_s, two_inv_s, inv_width, opacity, colour[3];
+  Style(const T* s, double sigma2)
+      : inv_s(T(1.0 / (sigma2 * double(s[0]) * double(s[0])))),
+        two_inv_s(T(2.0 / (sigma2 * double(s[0]) * double(s[0])))),
+        inv_width(T(1) / s[0]),
+        opacity(s[1]),
+        colour{s[2], s[3], s[4]} {}
+};
+
+// The kernel k(z) (without the opacity) for z = d² / (σ² w²).
+template <typename T, int KERNEL>
+INLINE T kernel_of(T z) {
+  return KERNEL == KERNEL_EXP ? exp_t(-z) : T(2) / (T(1) + exp_t(z));
+}
+
+// The pixels within `radius` of a chord (a superset): rows of its y-extent, and per row the
 // columns of its bounding box intersected with the band |cross(p - a, b - a)| <= radius |b - a|
 // around its line, widened by a hundredth of a pixel against rounding.
 struct Footprint {
   int64_t row0, row1;
-  double x_lo, x_hi;         // bounding box columns, in pixel units
-  double center0, slope;     // band centre in pixel units: center0 + slope * y
-  double half;               // band half-width in pixel units (infinite: no band)
-  double col_scale;
+  double x_lo, x_hi;      // bounding box columns, in pixel units
+  double center0, slope;  // band centre in pixel units: center0 + slope * y
+  double half;            // band half-width in pixel units (infinite: no band)
 };
 
 template <typename T>
@@ -109,7 +136,6 @@ Footprint footprint(const T* s, double radius, int64_t H, int64_t W) {
   f.row1 = int64_t(std::floor(std::min(r_hi, double(H - 1))));
   f.x_lo = (std::min(x0, x1) - radius + 1.0) * col_scale - 0.01;
   f.x_hi = (std::max(x0, x1) + radius + 1.0) * col_scale + 0.01;
-  f.col_scale = col_scale;
   if (dy != 0.0) {
     f.slope = dx / dy * col_scale;
     f.center0 = (x0 + 1.0) * col_scale - y0 * f.slope;
@@ -132,7 +158,7 @@ inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_
 }
 
 // Pixels are visited in runs of whole aligned blocks of kBlock columns, so the inner loops
-// vectorise with no scalar remainder. The aggregate planes have rows padded to a multiple of
+// vectorise with no scalar remainder. The per-pixel planes have rows padded to a multiple of
 // kBlock (their `stride`); the extra pixels a run covers are computed exactly and forward and
 // backward visit the same runs, so the padding changes nothing but speed.
 constexpr int64_t kBlock = 8;
@@ -148,215 +174,520 @@ struct Canvas {
     for (int64_t c = 0; c < stride; ++c)
       px[c] = c < W ? px_in[c] : px_in[W - 1] + T(c - W + 1) * (px_in[W - 1] - px_in[W - 2]);
   }
+};
 
-  // Calls body(row, first_column, end_column) for the run of blocks covering each row of the
-  // stroke's footprint.
+// A chord's run of blocks on one row: columns [begin, end) of kept chord `chord`.
+struct Run {
+  int64_t row, chord, begin, end;
+};
+
+// One stroke's polyline, split into its chords, and per row the runs of the chords whose band
+// reaches that row: a pixel's closest chord is among them whenever its ink can exceed the
+// cut-off, so a curve costs per pixel about the chords near it, not all of them. Per-thread
+// scratch, reused from stroke to stroke.
+template <typename T>
+struct Chords {
+  std::vector<Segment<T>> segment;  // the kept chords
+  std::vector<int64_t> first_point;  // polyline index of each kept chord's first point
+  std::vector<Run> runs, by_row;
+  std::vector<int64_t> start;  // runs of row r: by_row[start[r - row0], start[r - row0 + 1])
+
+  // Keeps chord 0 and every chord that is not a dot or follows one that is not: a dot after a
+  // dot is the same point (the padding of a curve repeats its end), whose distance equals the
+  // earlier one's to the last bit, so it can never be the first closest chord.
+  void split(const T* points, int64_t P) {
+    segment.clear();
+    first_point.clear();
+    bool previous_dot = false;
+    for (int64_t j = 0; j + 1 < P; ++j) {
+      const Segment<T> s(points + 2 * j);
+      const bool is_dot = s.dot != T(0);
+      if (j > 0 && is_dot && previous_dot) continue;
+      previous_dot = is_dot;
+      segment.push_back(s);
+      first_point.push_back(j);
+    }
+  }
+
+  // Calls body(row, runs, count, begin, end) for each row some chord reaches, with the runs of
+  // the chords that reach it (in chord order, so the first of equal distances wins as in the
+  // PyTorch path) and [begin, end) their union, the row's visited pixels.
   template <typename Body>
-  void visit(const T* s, double radius, Body&& body) const {
-    const Footprint f = footprint(s, radius, H, W);
-    for (int64_t row = f.row0; row <= f.row1; ++row) {
-      int64_t c0, c1;
-      if (columns(f, double(py[row]), W, c0, c1))
-        body(row, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock);
+  void visit(const Canvas<T>& canvas, const T* points, double radius, Body&& body) {
+    const int64_t H = canvas.H, W = canvas.W;
+    if (segment.size() == 1) {  // a line: no bookkeeping
+      const Footprint f = footprint(points + 2 * first_point[0], radius, H, W);
+      for (int64_t row = f.row0; row <= f.row1; ++row) {
+        int64_t c0, c1;
+        if (columns(f, double(canvas.py[row]), W, c0, c1)) {
+          const Run run{row, 0, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock};
+          body(row, &run, int64_t(1), run.begin, run.end);
+        }
+      }
+      return;
+    }
+    runs.clear();
+    int64_t row0 = H, row1 = -1;
+    for (int64_t k = 0; k < int64_t(segment.size()); ++k) {
+      const Footprint f = footprint(points + 2 * first_point[k], radius, H, W);
+      for (int64_t row = f.row0; row <= f.row1; ++row) {
+        int64_t c0, c1;
+        if (!columns(f, double(canvas.py[row]), W, c0, c1)) continue;
+        runs.push_back({row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock});
+        row0 = std::min(row0, row);
+        row1 = std::max(row1, row);
+      }
+    }
+    if (runs.empty()) return;
+    // Counting sort by row; stable, so each row's runs stay in chord order.
+    start.assign(row1 - row0 + 2, 0);
+    for (const Run& run : runs) ++start[run.row - row0 + 1];
+    for (int64_t r = 1; r < int64_t(start.size()); ++r) start[r] += start[r - 1];
+    by_row.resize(runs.size());
+    for (const Run& run : runs) by_row[start[run.row - row0]++] = run;
+    for (int64_t r = int64_t(start.size()) - 1; r > 0; --r) start[r] = start[r - 1];
+    start[0] = 0;
+    for (int64_t row = row0; row <= row1; ++row) {
+      const int64_t first = start[row - row0], count = start[row - row0 + 1] - first;
+      if (count == 0) continue;
+      int64_t begin = by_row[first].begin, end = by_row[first].end;
+      for (int64_t k = first + 1; k < first + count; ++k) {
+        begin = std::min(begin, by_row[k].begin);
+        end = std::max(end, by_row[k].end);
+      }
+      body(row, by_row.data() + first, count, begin, end);
     }
   }
 };
 
+// The least d² over a row's runs (infinite where none reaches), into d2[begin, end).
+template <typename T>
+void nearest(const Chords<T>& chords, const Run* runs, int64_t count, int64_t begin,
+             int64_t end, const T* x, T y, T* d2) {
+  std::fill(d2 + begin, d2 + end, std::numeric_limits<T>::infinity());
+  for (int64_t k = 0; k < count; ++k) {
+    const Segment<T> s = chords.segment[runs[k].chord];  // a copy: no aliasing
+    const T uy = y - s.y0;
+#pragma omp simd
+    for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
+      T t, ex, ey;
+      const T d = distance2(s, x[c] - s.x0, uy, t, ex, ey);
+      d2[c] = d < d2[c] ? d : d2[c];
+    }
+  }
+}
+
+// The same with the closest chord's t, offset and index (-1 where none reaches).
+template <typename T>
+struct Nearest {
+  std::vector<T> d2, t, ex, ey, chord;
+  explicit Nearest(int64_t stride) : d2(stride), t(stride), ex(stride), ey(stride), chord(stride) {}
+
+  void compute(const Chords<T>& chords, const Run* runs, int64_t count, int64_t begin,
+               int64_t end, const T* x, T y) {
+    std::fill(d2.begin() + begin, d2.begin() + end, std::numeric_limits<T>::infinity());
+    std::fill(t.begin() + begin, t.begin() + end, T(0));
+    std::fill(ex.begin() + begin, ex.begin() + end, T(0));
+    std::fill(ey.begin() + begin, ey.begin() + end, T(0));
+    std::fill(chord.begin() + begin, chord.begin() + end, T(-1));
+    T *D = d2.data(), *TT = t.data(), *EX = ex.data(), *EY = ey.data(), *CH = chord.data();
+    for (int64_t k = 0; k < count; ++k) {
+      const Segment<T> s = chords.segment[runs[k].chord];  // a copy: no aliasing
+      const T uy = y - s.y0, index = T(runs[k].chord);
+#pragma omp simd
+      for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
+        T tc, exc, eyc;
+        const T d = distance2(s, x[c] - s.x0, uy, tc, exc, eyc);
+        const bool closer = d < D[c];
+        D[c] = closer ? d : D[c];
+        TT[c] = closer ? tc : TT[c];
+        EX[c] = closer ? exc : EX[c];
+        EY[c] = closer ? eyc : EY[c];
+        CH[c] = closer ? index : CH[c];
+      }
+    }
+  }
+};
+
+// Forward's per-pixel planes of one sketch row: the aggregates (soft-or and colour: product of
+// the non-zero 1 - r and count of zero factors; max: Σ exp(r / T) and Σ r exp(r / T)) and, for
+// colour, the running RGB canvas.
+template <typename T>
+struct ForwardRow {
+  T *a, *z, *r0, *r1, *r2;
+};
+
+// Adds one stroke's ink at pixel c, from its squared distance.
 template <typename T, int KERNEL, int COMPOSITE>
-void forward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W,
-             const T* py, int64_t H, double sigma2, double cutoff_d2, T inv_temperature,
-             bool invert, T* out, T* acc_a, T* acc_b, int threads) {
+INLINE void deposit(T d2, const Style<T>& st, T inv_temperature, const ForwardRow<T>& p,
+                    int64_t c) {
+  const T r = st.opacity * kernel_of<T, KERNEL>(d2 * st.inv_s);
+  if (COMPOSITE == COMPOSITE_MAX) {
+    const T e = exp_t(r * inv_temperature);
+    p.a[c] += e - T(1);
+    p.z[c] += e * r;
+  } else {
+    const T f = T(1) - r;
+    p.a[c] *= f == T(0) ? T(1) : f;
+    p.z[c] += f == T(0) ? T(1) : T(0);
+    if (COMPOSITE == COMPOSITE_COLOUR) {  // over: C = C (1 - r) + r c, as the PyTorch path
+      p.r0[c] = p.r0[c] * f + r * st.colour[0];
+      p.r1[c] = p.r1[c] * f + r * st.colour[1];
+      p.r2[c] = p.r2[c] * f + r * st.colour[2];
+    }
+  }
+}
+
+template <typename T, int KERNEL, int COMPOSITE>
+void forward(const T* points, const T* style, int64_t batch, int64_t n, int64_t P,
+             const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,
+             T inv_temperature, bool invert, T* out, T* acc_a, T* acc_b, int threads) {
   const Canvas<T> canvas(px, W, py, H);
-  const T inv_sigma2 = T(1.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
   const int64_t S = canvas.stride;
-#pragma omp parallel for num_threads(threads) if (threads > 1 && batch > 1) schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) {
-    // soft-or: A = product of the non-zero (1 - r), B = number of zero factors;
-    // max: A = sum of exp(r / T), B = sum of r exp(r / T), then the ink B / A.
-    T* A = acc_a + b * H * S;
-    T* B = acc_b + b * H * S;
-    std::fill(A, A + H * S, COMPOSITE == COMPOSITE_SOFTOR ? T(1) : T(n));
-    std::fill(B, B + H * S, T(0));
-    for (int64_t i = 0; i < n; ++i) {
-      const T* s = strokes + (b * n + i) * 4;
-      const Stroke<T> stroke(s);
-      canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
-        const T uy = py[row] - stroke.y0;
+  const bool colour = COMPOSITE == COMPOSITE_COLOUR;
+#pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
+  {
+    Chords<T> chords;
+    std::vector<T> d2(S);
+    std::vector<T> rgb(colour ? 3 * H * S : 0);  // the running canvas, padded like A and B
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < batch; ++b) {
+      T* A = acc_a + b * H * S;
+      T* B = acc_b + b * H * S;
+      std::fill(A, A + H * S, COMPOSITE == COMPOSITE_MAX ? T(n) : T(1));
+      std::fill(B, B + H * S, T(0));
+      std::fill(rgb.begin(), rgb.end(), T(invert ? 1 : 0));
+      for (int64_t i = 0; i < n; ++i) {
+        const T* s = points + (b * n + i) * P * 2;
+        const Style<T> stroke_style(style + (b * n + i) * 5, sigma2);
+        chords.split(s, P);
+        chords.visit(canvas, s, radius * double(style[(b * n + i) * 5]),
+                     [&](int64_t row, const Run* runs, int64_t count, int64_t begin,
+                         int64_t end) {
+          const Style<T> st = stroke_style;  // a local copy: stores cannot alias it
+          const ForwardRow<T> p{A + row * S, B + row * S,
+                                colour ? rgb.data() + row * S : nullptr,
+                                colour ? rgb.data() + (H + row) * S : nullptr,
+                                colour ? rgb.data() + (2 * H + row) * S : nullptr};
+          const T* x = canvas.px.data();
+          if (count == 1) {  // one chord reaches the row: its distance directly
+            const Segment<T> seg = chords.segment[runs[0].chord];  // a copy: no aliasing
+            const T uy = py[row] - seg.y0;
+#pragma omp simd
+            for (int64_t c = begin; c < end; ++c) {
+              T t, ex, ey;
+              const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
+              deposit<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c);
+            }
+          } else {
+            nearest(chords, runs, count, begin, end, x, py[row], d2.data());
+            const T* D = d2.data();
+#pragma omp simd
+            for (int64_t c = begin; c < end; ++c)
+              deposit<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c);
+          }
+        });
+      }
+      for (int64_t row = 0; row < H; ++row) {
         T* a = A + row * S;
         T* z = B + row * S;
-        const T* x = canvas.px.data();
-#pragma omp simd
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          T t, ex, ey, r;
-          pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
-          if (COMPOSITE == COMPOSITE_SOFTOR) {
-            const T f = T(1) - r;
-            a[c] *= f == T(0) ? T(1) : f;
-            z[c] += f == T(0) ? T(1) : T(0);
-          } else {
-            const T e = exp_t(r * inv_temperature);
-            a[c] += e - T(1);
-            z[c] += e * r;
-          }
+        if (colour) {
+          for (int64_t ch = 0; ch < 3; ++ch)
+            std::copy(rgb.data() + (ch * H + row) * S, rgb.data() + (ch * H + row) * S + W,
+                      out + ((b * 3 + ch) * H + row) * W);
+          continue;
         }
-      });
-    }
-    for (int64_t row = 0; row < H; ++row) {
-      T* o = out + (b * H + row) * W;
-      T* a = A + row * S;
-      T* z = B + row * S;
-      for (int64_t c = 0; c < W; ++c) {
-        if (COMPOSITE == COMPOSITE_SOFTOR) {
-          const T paper = z[c] > T(0) ? T(0) : a[c];
-          o[c] = invert ? paper : T(1) - paper;
-        } else {
-          z[c] = z[c] / a[c];
-          o[c] = invert ? T(1) - z[c] : z[c];
+        T* o = out + (b * H + row) * W;
+        for (int64_t c = 0; c < W; ++c) {
+          if (COMPOSITE == COMPOSITE_SOFTOR) {
+            const T paper = z[c] > T(0) ? T(0) : a[c];
+            o[c] = invert ? paper : T(1) - paper;
+          } else {
+            z[c] = z[c] / a[c];
+            o[c] = invert ? T(1) - z[c] : z[c];
+          }
         }
       }
     }
   }
 }
 
+// Backward's per-pixel planes of one sketch row: the incoming gradient (three channels for
+// colour), forward's aggregates and, for colour, the replay's running planes (the canvas below
+// the stroke, the prefix product of the non-zero factors and the prefix count of zero ones).
+template <typename T>
+struct BackwardRow {
+  const T *g0, *g1, *g2, *a, *z;
+  T *b0, *b1, *b2, *prefix, *zeros;
+};
+
+// Per-stroke sums of the gradient wrt width, opacity and colour.
+template <typename T>
+struct StyleSums {
+  T width = 0, opacity = 0, c0 = 0, c1 = 0, c2 = 0;
+};
+
+// d loss / d r at pixel c for this stroke, and (colour) the replay's planes moved past it.
+template <typename T, int COMPOSITE>
+INLINE T grad_of_ink(T r, const Style<T>& st, T inv_temperature, const BackwardRow<T>& p,
+                     int64_t c, T& s0, T& s1, T& s2) {
+  const T f = T(1) - r;
+  if (COMPOSITE == COMPOSITE_SOFTOR) {  // the product of the other factors, exact at 0
+    const T others = p.z[c] == T(0)                   ? p.a[c] / (f == T(0) ? T(1) : f)
+                     : (p.z[c] == T(1) && f == T(0)) ? p.a[c]
+                                                     : T(0);
+    return p.g0[c] * others;
+  }
+  if (COMPOSITE == COMPOSITE_MAX) {  // d/dr_i of sum_j softmax(r/T)_j r_j
+    const T e = exp_t(r * inv_temperature);
+    return p.g0[c] * (e / p.a[c]) * (T(1) + (r - p.z[c]) * inv_temperature);
+  }
+  // colour: dC/dr_i = S_i (c_i - C_{i-1}), dC/dc_i = r_i S_i, with S_i the transmittance above
+  // stroke i = (all non-zero factors) / (those up to i) when no zero factor lies above it.
+  const T prefix = p.prefix[c] * (f == T(0) ? T(1) : f);
+  const T zeros = p.zeros[c] + (f == T(0) ? T(1) : T(0));
+  p.prefix[c] = prefix;
+  p.zeros[c] = zeros;
+  const T above = (p.z[c] == zeros && prefix > T(0))
+                      ? p.a[c] / std::max(prefix, T(1e-300)) : T(0);
+  const T grad_r = ((p.g0[c] * (st.colour[0] - p.b0[c]) + p.g1[c] * (st.colour[1] - p.b1[c])) +
+                    p.g2[c] * (st.colour[2] - p.b2[c])) * above;
+  const T ra = r * above;
+  s0 += p.g0[c] * ra;
+  s1 += p.g1[c] * ra;
+  s2 += p.g2[c] * ra;
+  p.b0[c] = p.b0[c] * f + r * st.colour[0];
+  p.b1[c] = p.b1[c] * f + r * st.colour[1];
+  p.b2[c] = p.b2[c] * f + r * st.colour[2];
+  return grad_r;
+}
+
+// At pixel c with squared distance d2: the gradient's factor g_c of the offset e (d loss / d
+// closest point = g_c e), adding the width and opacity terms (as `_ink_gradients`).
 template <typename T, int KERNEL, int COMPOSITE>
-void backward(const T* strokes, int64_t batch, int64_t n, const T* px, int64_t W,
-              const T* py, int64_t H, double sigma2, double cutoff_d2, T inv_temperature,
-              const T* grad_ink, const T* acc_a, const T* acc_b, T* grad, int threads) {
+INLINE T chain(T d2, const Style<T>& st, T inv_temperature, const BackwardRow<T>& p, int64_t c,
+               T& sw, T& so, T& s0, T& s1, T& s2) {
+  const T z = std::min(d2 * st.inv_s, T(kMaxZ));
+  const T k = kernel_of<T, KERNEL>(z);
+  const T r = st.opacity * k;
+  const T grad_r = grad_of_ink<T, COMPOSITE>(r, st, inv_temperature, p, c, s0, s1, s2);
+  const T dk = KERNEL == KERNEL_EXP ? k : k * (T(1) - T(0.5) * k);  // dk / d(-z)
+  const T dr = grad_r * st.opacity * dk;
+  sw += dr * (T(2) * z) * st.inv_width;  // dz/dw = -2 z / w
+  so += grad_r * k;
+  return dr * st.two_inv_s;
+}
+
+template <typename T, int KERNEL, int COMPOSITE>
+void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t P,
+              const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,
+              T inv_temperature, bool invert, const T* grad_ink, const T* acc_a,
+              const T* acc_b, T* grad_points, T* grad_style, int threads) {
   const Canvas<T> canvas(px, W, py, H);
-  const T inv_sigma2 = T(1.0 / sigma2);
-  const T two_over_sigma2 = T(2.0 / sigma2);
   const double radius = std::sqrt(cutoff_d2);
   const int64_t S = canvas.stride;
+  const bool colour = COMPOSITE == COMPOSITE_COLOUR;
+  const int64_t channels = colour ? 3 : 1;
 #pragma omp parallel num_threads(threads) if (threads > 1 && batch > 1)
   {
-    std::vector<T> padded(S == W ? 0 : H * S);
+    Chords<T> chords;
+    Nearest<T> near(S);
+    std::vector<double> point_sums(2 * P);
+    std::vector<T> padded(channels * H * S);  // the gradient, zero in the padding
+    std::vector<T> replay(colour ? 5 * H * S : 0);  // below (3), prefix, zeros
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
       // The incoming gradient, zero in the padding: the padding's (finite) terms vanish.
-      const T* G = grad_ink + b * H * W;
-      if (S != W) {
+      for (int64_t ch = 0; ch < channels; ++ch)
         for (int64_t row = 0; row < H; ++row) {
-          std::copy(G + row * W, G + (row + 1) * W, padded.data() + row * S);
-          std::fill(padded.data() + row * S + W, padded.data() + (row + 1) * S, T(0));
+          const T* g = grad_ink + ((b * channels + ch) * H + row) * W;
+          T* to = padded.data() + (ch * H + row) * S;
+          std::copy(g, g + W, to);
+          std::fill(to + W, to + S, T(0));
         }
-        G = padded.data();
+      if (colour) {
+        std::fill(replay.begin(), replay.begin() + 3 * H * S, T(invert ? 1 : 0));
+        std::fill(replay.begin() + 3 * H * S, replay.begin() + 4 * H * S, T(1));
+        std::fill(replay.begin() + 4 * H * S, replay.end(), T(0));
       }
       for (int64_t i = 0; i < n; ++i) {
-        const T* s = strokes + (b * n + i) * 4;
-        const Stroke<T> stroke(s);
-        double ax = 0, ay = 0, bx = 0, by = 0;  // per-row partial sums are added in double
-        canvas.visit(s, radius, [&](int64_t row, int64_t c_begin, int64_t c_end) {
-          const T uy = py[row] - stroke.y0;
-          const T* g = G + row * S;
-          const T* a = acc_a + (b * H + row) * S;
-          const T* z = acc_b + (b * H + row) * S;
+        const T* s = points + (b * n + i) * P * 2;
+        const Style<T> stroke_style(style + (b * n + i) * 5, sigma2);
+        chords.split(s, P);
+        std::fill(point_sums.begin(), point_sums.end(), 0.0);
+        double style_sums[5] = {0, 0, 0, 0, 0};  // per-row partial sums are added in double
+        chords.visit(canvas, s, radius * double(style[(b * n + i) * 5]),
+                     [&](int64_t row, const Run* runs, int64_t count, int64_t begin,
+                         int64_t end) {
+          const Style<T> st = stroke_style;  // a local copy: stores cannot alias it
+          T* rp = replay.data();
+          const T* g = padded.data();
+          const BackwardRow<T> p{g + row * S,
+                                 colour ? g + (H + row) * S : nullptr,
+                                 colour ? g + (2 * H + row) * S : nullptr,
+                                 acc_a + (b * H + row) * S,
+                                 acc_b + (b * H + row) * S,
+                                 colour ? rp + row * S : nullptr,
+                                 colour ? rp + (H + row) * S : nullptr,
+                                 colour ? rp + (2 * H + row) * S : nullptr,
+                                 colour ? rp + (3 * H + row) * S : nullptr,
+                                 colour ? rp + (4 * H + row) * S : nullptr};
           const T* x = canvas.px.data();
-          T rax = 0, ray = 0, rbx = 0, rby = 0;
-#pragma omp simd reduction(+ : rax, ray, rbx, rby)
-          for (int64_t c = c_begin; c < c_end; ++c) {
-            T t, ex, ey, r;
-            pixel<T, KERNEL>(stroke, x[c] - stroke.x0, uy, inv_sigma2, t, ex, ey, r);
-            T grad_r;
-            if (COMPOSITE == COMPOSITE_SOFTOR) {  // product of the other factors, exact at 0
-              const T f = T(1) - r;
-              const T others = z[c] == T(0) ? a[c] / (f == T(0) ? T(1) : f)
-                               : (z[c] == T(1) && f == T(0)) ? a[c] : T(0);
-              grad_r = g[c] * others;
-            } else {  // d/dr_i of sum_j softmax(r/T)_j r_j
-              const T e = exp_t(r * inv_temperature);
-              grad_r = g[c] * (e / a[c]) * (T(1) + (r - z[c]) * inv_temperature);
+          T sw = 0, so = 0, s0 = 0, s1 = 0, s2 = 0;
+          if (count == 1) {  // one chord reaches the row: its geometry directly
+            const Segment<T> seg = chords.segment[runs[0].chord];  // a copy: no aliasing
+            const T uy = py[row] - seg.y0;
+            T rax = 0, ray = 0, rbx = 0, rby = 0;
+#pragma omp simd reduction(+ : rax, ray, rbx, rby, sw, so, s0, s1, s2)
+            for (int64_t c = begin; c < end; ++c) {
+              T t, ex, ey;
+              const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
+              const T gc = chain<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c, sw, so,
+                                                       s0, s1, s2);
+              const T gx = gc * ex, gy = gc * ey;
+              rax += gx * (T(1) - t);
+              ray += gy * (T(1) - t);
+              rbx += gx * t;
+              rby += gy * t;
             }
-            const T dr_dz = KERNEL == KERNEL_EXP ? r : r * (T(1) - T(0.5) * r);
-            const T gc = grad_r * dr_dz * two_over_sigma2;
-            const T gx = gc * ex, gy = gc * ey;
-            rax += gx * (T(1) - t);
-            ray += gy * (T(1) - t);
-            rbx += gx * t;
-            rby += gy * t;
+            double* sums = point_sums.data() + 2 * chords.first_point[runs[0].chord];
+            sums[0] += rax;
+            sums[1] += ray;
+            sums[2] += rbx;
+            sums[3] += rby;
+          } else {
+            near.compute(chords, runs, count, begin, end, x, py[row]);
+            const T* D = near.d2.data();
+            T *EX = near.ex.data(), *EY = near.ey.data();
+#pragma omp simd reduction(+ : sw, so, s0, s1, s2)
+            for (int64_t c = begin; c < end; ++c) {
+              const T gc = chain<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c, sw,
+                                                       so, s0, s1, s2);
+              EX[c] = gc * EX[c];  // now d loss / d closest point
+              EY[c] = gc * EY[c];
+            }
+            // Each pixel's share goes to the ends of its closest chord, run by run.
+            const T *TT = near.t.data(), *CH = near.chord.data();
+            for (int64_t k = 0; k < count; ++k) {
+              const T index = T(runs[k].chord);
+              T rax = 0, ray = 0, rbx = 0, rby = 0;
+#pragma omp simd reduction(+ : rax, ray, rbx, rby)
+              for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
+                const bool mine = CH[c] == index;
+                const T t = TT[c];
+                rax += mine ? EX[c] * (T(1) - t) : T(0);
+                ray += mine ? EY[c] * (T(1) - t) : T(0);
+                rbx += mine ? EX[c] * t : T(0);
+                rby += mine ? EY[c] * t : T(0);
+              }
+              double* sums = point_sums.data() + 2 * chords.first_point[runs[k].chord];
+              sums[0] += rax;
+              sums[1] += ray;
+              sums[2] += rbx;
+              sums[3] += rby;
+            }
           }
-          ax += rax;
-          ay += ray;
-          bx += rbx;
-          by += rby;
+          style_sums[0] += sw;
+          style_sums[1] += so;
+          style_sums[2] += s0;
+          style_sums[3] += s1;
+          style_sums[4] += s2;
         });
-        T* out = grad + (b * n + i) * 4;
-        out[0] = T(ax);
-        out[1] = T(ay);
-        out[2] = T(bx);
-        out[3] = T(by);
+        T* gp = grad_points + (b * n + i) * P * 2;
+        for (int64_t j = 0; j < 2 * P; ++j) gp[j] = T(point_sums[j]);
+        T* gs = grad_style + (b * n + i) * 5;
+        for (int64_t j = 0; j < 5; ++j) gs[j] = T(style_sums[j]);
       }
     }
   }
 }
 
-template <typename T>
-void forward_any(int kernel, int composite, const T* strokes, int64_t batch, int64_t n,
-                 const T* px, int64_t W, const T* py, int64_t H, double sigma2, double cutoff_d2,
-                 double inv_temperature, int invert, T* out, T* acc_a, T* acc_b, int threads) {
-  auto f = kernel == KERNEL_EXP
-               ? (composite == COMPOSITE_SOFTOR ? forward<T, KERNEL_EXP, COMPOSITE_SOFTOR>
-                                                : forward<T, KERNEL_EXP, COMPOSITE_MAX>)
-               : (composite == COMPOSITE_SOFTOR ? forward<T, KERNEL_SIGMOID, COMPOSITE_SOFTOR>
-                                                : forward<T, KERNEL_SIGMOID, COMPOSITE_MAX>);
-  f(strokes, batch, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), invert != 0, out,
-    acc_a, acc_b, threads);
+template <typename T, int KERNEL>
+auto forward_for(int composite) {
+  return composite == COMPOSITE_SOFTOR ? forward<T, KERNEL, COMPOSITE_SOFTOR>
+         : composite == COMPOSITE_MAX  ? forward<T, KERNEL, COMPOSITE_MAX>
+                                       : forward<T, KERNEL, COMPOSITE_COLOUR>;
+}
+
+template <typename T, int KERNEL>
+auto backward_for(int composite) {
+  return composite == COMPOSITE_SOFTOR ? backward<T, KERNEL, COMPOSITE_SOFTOR>
+         : composite == COMPOSITE_MAX  ? backward<T, KERNEL, COMPOSITE_MAX>
+                                       : backward<T, KERNEL, COMPOSITE_COLOUR>;
 }
 
 template <typename T>
-void backward_any(int kernel, int composite, const T* strokes, int64_t batch, int64_t n,
-                  const T* px, int64_t W, const T* py, int64_t H, double sigma2,
-                  double cutoff_d2, double inv_temperature, const T* grad_ink, const T* acc_a,
-                  const T* acc_b, T* grad, int threads) {
-  auto f = kernel == KERNEL_EXP
-               ? (composite == COMPOSITE_SOFTOR ? backward<T, KERNEL_EXP, COMPOSITE_SOFTOR>
-                                                : backward<T, KERNEL_EXP, COMPOSITE_MAX>)
-               : (composite == COMPOSITE_SOFTOR ? backward<T, KERNEL_SIGMOID, COMPOSITE_SOFTOR>
-                                                : backward<T, KERNEL_SIGMOID, COMPOSITE_MAX>);
-  f(strokes, batch, n, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature), grad_ink, acc_a,
-    acc_b, grad, threads);
+void forward_any(int kernel, int composite, const T* points, const T* style, int64_t batch,
+                 int64_t n, int64_t P, const T* px, int64_t W, const T* py, int64_t H,
+                 double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                 int invert, T* out, T* acc_a, T* acc_b) {
+  auto f = kernel == KERNEL_EXP ? forward_for<T, KERNEL_EXP>(composite)
+                                : forward_for<T, KERNEL_SIGMOID>(composite);
+  f(points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature),
+    invert != 0, out, acc_a, acc_b, threads);
+}
+
+template <typename T>
+void backward_any(int kernel, int composite, const T* points, const T* style, int64_t batch,
+                  int64_t n, int64_t P, const T* px, int64_t W, const T* py, int64_t H,
+                  double sigma2, double cutoff_d2, double inv_temperature, int threads,
+                  int invert, const T* grad_ink, const T* acc_a, const T* acc_b,
+                  T* grad_points, T* grad_style) {
+  auto f = kernel == KERNEL_EXP ? backward_for<T, KERNEL_EXP>(composite)
+                                : backward_for<T, KERNEL_SIGMOID>(composite);
+  f(points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2, T(inv_temperature),
+    invert != 0, grad_ink, acc_a, acc_b, grad_points, grad_style, threads);
 }
 
 }  // namespace
 
-// C entry points, one pair per dtype, for contiguous [batch, n, 4] strokes and [batch, H, W]
-// planes; sketches are shared out over `threads` OpenMP threads.
+// C entry points, one pair per dtype, for contiguous polylines [batch, n, P, 2], styles
+// [batch, n, 5] and [batch, (3,) H, W] planes; sketches are shared out over `threads` OpenMP
+// threads.
 extern "C" {
-void raster_forward_f32(int kernel, int composite, const float* strokes, int64_t batch,
-                        int64_t n, const float* px, int64_t W, const float* py, int64_t H,
-                        double sigma2, double cutoff_d2, double inv_temperature, int threads,
-                        int invert, float* out, float* acc_a, float* acc_b) {
-  forward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
-              inv_temperature, invert, out, acc_a, acc_b, threads);
+void raster_forward_f32(int kernel, int composite, const float* points, const float* style,
+                        int64_t batch, int64_t n, int64_t P, const float* px, int64_t W,
+                        const float* py, int64_t H, double sigma2, double cutoff_d2,
+                        double inv_temperature, int threads, int invert, float* out,
+                        float* acc_a, float* acc_b) {
+  forward_any(kernel, composite, points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2,
+              inv_temperature, threads, invert, out, acc_a, acc_b);
 }
-void raster_forward_f64(int kernel, int composite, const double* strokes, int64_t batch,
-                        int64_t n, const double* px, int64_t W, const double* py, int64_t H,
-                        double sigma2, double cutoff_d2, double inv_temperature, int threads,
-                        int invert, double* out, double* acc_a, double* acc_b) {
-  forward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
-              inv_temperature, invert, out, acc_a, acc_b, threads);
+void raster_forward_f64(int kernel, int composite, const double* points, const double* style,
+                        int64_t batch, int64_t n, int64_t P, const double* px, int64_t W,
+                        const double* py, int64_t H, double sigma2, double cutoff_d2,
+                        double inv_temperature, int threads, int invert, double* out,
+                        double* acc_a, double* acc_b) {
+  forward_any(kernel, composite, points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2,
+              inv_temperature, threads, invert, out, acc_a, acc_b);
 }
-void raster_backward_f32(int kernel, int composite, const float* strokes, int64_t batch,
-                         int64_t n, const float* px, int64_t W, const float* py, int64_t H,
-                         double sigma2, double cutoff_d2, double inv_temperature, int threads,
+void raster_backward_f32(int kernel, int composite, const float* points, const float* style,
+                         int64_t batch, int64_t n, int64_t P, const float* px, int64_t W,
+                         const float* py, int64_t H, double sigma2, double cutoff_d2,
+                         double inv_temperature, int threads, int invert,
                          const float* grad_ink, const float* acc_a, const float* acc_b,
-                         float* grad) {
-  backward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
-               inv_temperature, grad_ink, acc_a, acc_b, grad, threads);
+                         float* grad_points, float* grad_style) {
+  backward_any(kernel, composite, points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2,
+               inv_temperature, threads, invert, grad_ink, acc_a, acc_b, grad_points,
+               grad_style);
 }
-void raster_backward_f64(int kernel, int composite, const double* strokes, int64_t batch,
-                         int64_t n, const double* px, int64_t W, const double* py, int64_t H,
-                         double sigma2, double cutoff_d2, double inv_temperature, int threads,
+void raster_backward_f64(int kernel, int composite, const double* points, const double* style,
+                         int64_t batch, int64_t n, int64_t P, const double* px, int64_t W,
+                         const double* py, int64_t H, double sigma2, double cutoff_d2,
+                         double inv_temperature, int threads, int invert,
                          const double* grad_ink, const double* acc_a, const double* acc_b,
-                         double* grad) {
-  backward_any(kernel, composite, strokes, batch, n, px, W, py, H, sigma2, cutoff_d2,
-               inv_temperature, grad_ink, acc_a, acc_b, grad, threads);
+                         double* grad_points, double* grad_style) {
+  backward_any(kernel, composite, points, style, batch, n, P, px, W, py, H, sigma2, cutoff_d2,
+               inv_temperature, threads, invert, grad_ink, acc_a, acc_b, grad_points,
+               grad_style);
 }
 }
 """
 
 KERNEL_CODES = {"exp": 0, "sigmoid": 1}
 COMPOSITE_CODES = {"softor": 0, "max": 1}
+COMPOSITE_COLOUR = 2  # RGB over, whatever spec.composite says
 # Least work per thread, counted as strokes × (H + W) (~1 ms): waking a thread for less costs
 # more than it saves, especially on a busy machine.
 _WORK_PER_THREAD = 1 << 16
@@ -452,25 +783,32 @@ def _build() -> Path:
     raise RuntimeError(f"{compiler} failed: {errors[-1]}")
 
 
-def _call(library: ctypes.CDLL, name: str, strokes: Tensor, spec: tuple, *tail) -> None:
-    """Call kernel entry point `name` on [B, n, 4] strokes, over up to torch's CPU threads."""
-    px, py, sigma2, cutoff_d2, kernel, composite, inv_temperature = spec
-    suffix = "f64" if strokes.dtype == torch.float64 else "f32"
-    work = strokes.shape[0] * strokes.shape[1] * (px.numel() + py.numel())
+def _call(
+    library: ctypes.CDLL, name: str, points: Tensor, style: Tensor, spec: tuple, *tail
+) -> None:
+    """Call kernel entry point `name` on polylines [B, n, P, 2] and styles [B, n, 5], over up
+    to torch's CPU threads."""
+    px, py = spec.px, spec.py
+    suffix = "f64" if points.dtype == torch.float64 else "f32"
+    composite = COMPOSITE_COLOUR if spec.colour else COMPOSITE_CODES[spec.composite]
+    batch, n, n_points = points.shape[:3]
+    work = batch * n * (px.numel() + py.numel())
     threads = max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
     getattr(library, f"{name}_{suffix}")(
-        ctypes.c_int(KERNEL_CODES[kernel]),
-        ctypes.c_int(COMPOSITE_CODES[composite]),
-        ctypes.c_void_p(strokes.data_ptr()),
-        ctypes.c_int64(strokes.shape[0]),
-        ctypes.c_int64(strokes.shape[1]),
+        ctypes.c_int(KERNEL_CODES[spec.kernel]),
+        ctypes.c_int(composite),
+        ctypes.c_void_p(points.data_ptr()),
+        ctypes.c_void_p(style.data_ptr()),
+        ctypes.c_int64(batch),
+        ctypes.c_int64(n),
+        ctypes.c_int64(n_points),
         ctypes.c_void_p(px.data_ptr()),
         ctypes.c_int64(px.numel()),
         ctypes.c_void_p(py.data_ptr()),
         ctypes.c_int64(py.numel()),
-        ctypes.c_double(sigma2),
-        ctypes.c_double(cutoff_d2),
-        ctypes.c_double(inv_temperature),
+        ctypes.c_double(spec.sigma2),
+        ctypes.c_double(spec.cutoff_d2),
+        ctypes.c_double(spec.inv_temperature),
         ctypes.c_int(threads),
         *(
             ctypes.c_void_p(t.data_ptr()) if isinstance(t, Tensor) else ctypes.c_int(t)
@@ -479,28 +817,58 @@ def _call(library: ctypes.CDLL, name: str, strokes: Tensor, spec: tuple, *tail) 
     )
 
 
-def forward(library: ctypes.CDLL, strokes: Tensor, spec: tuple, invert: bool):
-    """Render contiguous CPU strokes [B, n, 4]; returns (sketch, aggregate A, aggregate B).
+def _check(points: Tensor, style: Tensor, *planes: Tensor) -> None:
+    """The layout the C++ code reads; anything else would be read as garbage."""
+    if points.ndim != 4 or points.shape[-1] != 2 or points.shape[2] < 2:
+        raise ValueError(f"points must be [B, n, P >= 2, 2], got {tuple(points.shape)}")
+    if style.shape != (*points.shape[:2], 5):
+        raise ValueError(f"style must be [B, n, 5], got {tuple(style.shape)}")
+    for t in (points, style, *planes):
+        if t.device.type != "cpu" or t.dtype != points.dtype or not t.is_contiguous():
+            raise ValueError("the CPU kernel needs contiguous CPU tensors of one dtype")
+
+
+def forward(library: ctypes.CDLL, points: Tensor, style: Tensor, spec: tuple, invert: bool):
+    """Render contiguous CPU polylines [B, n, P, 2] with styles [B, n, 5] (width, opacity, r,
+    g, b); returns (sketch [B, H, W], or [B, 3, H, W] when spec.colour, aggregate A,
+    aggregate B).
 
     The aggregates are [B, H, W'] with W' the width rounded up to a multiple of 8 (_BLOCK).
     """
-    batch, height, width = strokes.shape[0], spec[1].numel(), spec[0].numel()
-    out = strokes.new_empty(batch, height, width)
+    _check(points, style)
+    batch, height, width = points.shape[0], spec.py.numel(), spec.px.numel()
+    out = points.new_empty(batch, *((3,) if spec.colour else ()), height, width)
     stride = -(-width // _BLOCK) * _BLOCK
-    acc_a, acc_b = (strokes.new_empty(batch, height, stride) for _ in range(2))
-    _call(library, "raster_forward", strokes, spec, int(invert), out, acc_a, acc_b)
+    acc_a, acc_b = (points.new_empty(batch, height, stride) for _ in range(2))
+    _call(library, "raster_forward", points, style, spec, int(invert), out, acc_a, acc_b)
     return out, acc_a, acc_b
 
 
 def backward(
     library: ctypes.CDLL,
-    strokes: Tensor,
+    points: Tensor,
+    style: Tensor,
     spec: tuple,
+    invert: bool,
     grad_ink: Tensor,
     acc_a: Tensor,
     acc_b: Tensor,
-) -> Tensor:
-    """Gradient wrt strokes, given the gradient wrt the (non-inverted) ink and the aggregates."""
-    grad = torch.empty_like(strokes)
-    _call(library, "raster_backward", strokes, spec, grad_ink, acc_a, acc_b, grad)
-    return grad
+) -> tuple[Tensor, Tensor]:
+    """(gradient wrt points [B, n, P, 2], gradient wrt style [B, n, 5]), given the gradient
+    wrt the (non-inverted) greyscale ink or the RGB sketch, and forward's aggregates."""
+    _check(points, style, grad_ink, acc_a, acc_b)
+    grad_points, grad_style = torch.empty_like(points), torch.empty_like(style)
+    _call(
+        library,
+        "raster_backward",
+        points,
+        style,
+        spec,
+        int(invert),
+        grad_ink,
+        acc_a,
+        acc_b,
+        grad_points,
+        grad_style,
+    )
+    return grad_points, grad_style

@@ -116,7 +116,7 @@ def render_strokes(
     batch_shape, n_strokes = strokes.shape[:-2], strokes.shape[-2]
     # Half precision (GPU) is computed in float32; float64 stays float64 (gradcheck).
     compute_dtype = torch.float64 if strokes.dtype == torch.float64 else torch.float32
-    flat = strokes.reshape(math.prod(batch_shape), n_strokes, -1).to(compute_dtype)
+    flat = strokes.reshape(math.prod(batch_shape), n_strokes, strokes.shape[-1]).to(compute_dtype)
     style = stroke_format.style(flat)
     tolerance = curve_tolerance * math.sqrt(sigma2) * style[..., 0].detach()
     points = polyline(stroke_format.points(flat), tolerance)
@@ -296,7 +296,7 @@ def _compare_kernel_with_torch() -> str | None:
                 for use_kernel in (True, False)
             )
             for got, want in zip(kernel_run, torch_run, strict=True):
-                scale = tolerance * float(want.abs().max())
+                scale = tolerance * float(want.detach().abs().max())
                 if not torch.allclose(got, want, rtol=tolerance, atol=max(scale, tolerance)):
                     what = "colour" if colour else composite
                     return (

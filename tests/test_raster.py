@@ -356,17 +356,20 @@ def test_input_messages_are_exact():
 
     strokes = torch.zeros(1, 4)
     assert message(TypeError, [[0.0, 0.0, 1.0, 1.0]], 8) == (
-        "strokes must be a torch.Tensor of shape [..., n_strokes, 4], got list"
+        "strokes must be a torch.Tensor, got list"
     )
     assert message(ValueError, torch.zeros(1, 4, device="meta"), 8) == (
-        "strokes are on the meta device, which holds no values: make them on cpu or cuda"
+        "strokes are on the meta device, which holds no values"
+    )
+    assert message(ValueError, torch.zeros(1, 5), 8) == (
+        "strokes must have shape [..., n_strokes, 4] for line strokes (x0, y0, x1, y1), got (1, 5)"
     )
     assert message(TypeError, torch.zeros(1, 4, dtype=torch.int32), 8) == (
         "strokes must be a floating-point tensor, got dtype torch.int32; "
         "convert with strokes.float()"
     )
     assert message(ValueError, torch.tensor([[0.0, float("nan"), 0.0, 0.0]]), 8) == (
-        "strokes contain NaN or infinite coordinates"
+        "strokes contain NaN or infinite values"
     )
     assert message(ValueError, torch.tensor([[0.0, 0.0, 2e6, 0.0]]), 8) == (
         "stroke coordinates must lie within ±1e+06 (the canvas is [-1, 1]), got 2e+06"
@@ -420,9 +423,9 @@ def test_half_and_single_precision_are_computed_in_float32_on_the_chosen_path(ba
     seen = []
     apply = raster._Raster.apply
 
-    def recording_apply(strokes, spec, invert, use_kernel):
-        seen.append((strokes.dtype, spec[0].dtype, use_kernel))
-        return apply(strokes, spec, invert, use_kernel)
+    def recording_apply(points, style, spec, invert, use_kernel):
+        seen.append((points.dtype, style.dtype, spec.px.dtype, use_kernel))
+        return apply(points, style, spec, invert, use_kernel)
 
     monkeypatch.setattr(raster._Raster, "apply", recording_apply)
     strokes = random_strokes(2, 3, seed=13)
@@ -430,7 +433,8 @@ def test_half_and_single_precision_are_computed_in_float32_on_the_chosen_path(ba
         render_strokes(strokes.to(dtype), 8)
     single = torch.float32
     kernel = backend == "kernel"
-    assert seen == [(single, single, kernel)] * 3 + [(torch.float64, torch.float64, kernel)]
+    double = torch.float64
+    assert seen == [(single, single, single, kernel)] * 3 + [(double, double, double, kernel)]
 
 
 def test_the_path_follows_sketchenv_raster_and_is_logged_once(backend, monkeypatch, caplog):
@@ -467,11 +471,13 @@ def test_cutoff_distance_by_hand_and_the_pixel_grid_on_the_strokes_device():
         assert _cutoff_d2(0.01, "sigmoid", dtype) == pytest.approx(0.01 * sigmoid_z, rel=1e-12)
     assert _cutoff_d2(5e-4, "exp", torch.float32) == pytest.approx(5e-4 * 17.3287, rel=1e-5)
     meta = torch.device("meta")
-    px, py, sigma2, cutoff, kernel, composite, inv_t = _spec(3, 5, 0.01, "exp", "over",
-                                                             torch.float64, meta)  # fmt: skip
+    px, py, sigma2, cutoff, kernel, composite, inv_t, colour = _spec(
+        3, 5, 0.01, "exp", "over", torch.float64, meta
+    )
     assert (px.shape, py.shape, px.device, py.device) == ((5,), (3,), meta, meta)
     assert px.dtype == py.dtype == torch.float64
     assert (sigma2, kernel, composite, inv_t) == (0.01, "exp", "softor", 1 / MAX_TEMPERATURE)
+    assert colour is False  # render_strokes switches it on for coloured formats
     assert cutoff == pytest.approx(0.01 * math.log(4 / 2.0**-52), rel=1e-12)
     assert _spec(3, 5, 0.01, "sigmoid", "max", torch.float32, meta)[3:6] == (
         pytest.approx(0.01 * math.log(8 / 2.0**-23 - 1), rel=1e-12),
@@ -534,43 +540,105 @@ def test_dense_path_gives_the_same_sketch_and_gradient_in_one_stroke_chunks(back
 
 
 def faulty_kernel(monkeypatch, out_error=None, grad_error=None):
-    """Make the compiled kernel's results wrong: ``out_error(strokes, spec, out)`` and
-    ``grad_error(strokes, spec, grad)`` return what the kernel should have returned instead."""
+    """Make the compiled kernel's results wrong: ``out_error(points, spec, out)`` returns what
+    forward should have returned instead, ``grad_error(points, spec, (grad_points,
+    grad_style))`` what backward should have."""
     forward, backward = _raster_cpu.forward, _raster_cpu.backward
 
-    def wrong_forward(library, strokes, spec, invert):
-        out, acc_a, acc_b = forward(library, strokes, spec, invert)
-        return (out_error or (lambda *a: a[2]))(strokes, spec, out), acc_a, acc_b
+    def wrong_forward(library, points, style, spec, invert):
+        out, acc_a, acc_b = forward(library, points, style, spec, invert)
+        return (out_error or (lambda *a: a[2]))(points, spec, out), acc_a, acc_b
 
-    def wrong_backward(library, strokes, spec, *rest):
-        grad = backward(library, strokes, spec, *rest)
-        return (grad_error or (lambda *a: a[2]))(strokes, spec, grad)
+    def wrong_backward(library, points, style, spec, *rest):
+        grads = backward(library, points, style, spec, *rest)
+        return (grad_error or (lambda *a: a[2]))(points, spec, grads)
 
     monkeypatch.setattr(_raster_cpu, "forward", wrong_forward)
     monkeypatch.setattr(_raster_cpu, "backward", wrong_backward)
 
 
-def has_dot(strokes):
-    return bool((strokes[..., :2] == strokes[..., 2:]).all(-1).any())
+def has_dot(points):
+    """Whether some stroke's first chord has zero length (the self-test's lines have one)."""
+    return bool((points[:, :, 0] == points[:, :, 1]).all(-1).any())
 
 
-SELF_TEST_FAULTS = {  # name: (out_error, grad_error, the self-test's verdict)
-    "ink off by 1e-3": (lambda s, spec, x: x + 1e-3, None, "exp, softor, torch.float32"),
-    "gradient off by 0.1 %": (None, lambda s, spec, g: g * 1.001, "exp, softor, torch.float32"),
-    "float64 ink off by 1e-8": (
-        lambda s, spec, x: x + 1e-8 if x.dtype == torch.float64 else x,
+def _self_test_chords() -> int:
+    """Chords of the self-test's curves in float32 (the verdict names them)."""
+    from sketchenv import raster
+
+    cases = raster._self_test_strokes(torch.Generator().manual_seed(0), torch.float32)
+    return cases[1][0].shape[-2] - 1
+
+
+def _both(scale_points, scale_style):
+    return lambda p, spec, g: (scale_points(g[0]), scale_style(g[1]))
+
+
+def _keep(x):
+    return x
+
+
+def _scaled_columns(columns, factor):
+    def scale(g):
+        g = g.clone()
+        g[..., columns] *= factor
+        return g
+
+    return scale
+
+
+SELF_TEST_FAULTS = {  # name: (out_error, grad_error, the self-test's verdict; CHORDS = curves)
+    "ink off by 1e-3": (lambda p, spec, x: x + 1e-3, None, "exp, softor, 1 chords, torch.float32"),
+    "gradient off by 0.1 %": (
         None,
-        "exp, softor, torch.float64",
+        _both(lambda g: g * 1.001, _keep),
+        "exp, softor, 1 chords, torch.float32",
+    ),
+    "width gradient off by 0.1 %": (
+        None,
+        _both(_keep, _scaled_columns(0, 1.001)),
+        "exp, softor, 1 chords, torch.float32",
+    ),
+    "opacity gradient off by 0.1 %": (
+        None,
+        _both(_keep, _scaled_columns(1, 1.001)),
+        "exp, softor, 1 chords, torch.float32",
+    ),
+    "colour gradient off by 0.1 %": (
+        None,
+        _both(_keep, _scaled_columns(slice(2, 5), 1.001)),
+        "exp, colour, CHORDS chords, torch.float32",
+    ),
+    "float64 ink off by 1e-8": (
+        lambda p, spec, x: x + 1e-8 if x.dtype == torch.float64 else x,
+        None,
+        "exp, softor, 1 chords, torch.float64",
     ),
     "smooth max wrong": (
-        lambda s, spec, x: x + 1e-3 * (spec[5] == "max"),
+        lambda p, spec, x: x + 1e-3 * (spec.composite == "max"),
         None,
-        "exp, max, torch.float32",
+        "exp, max, 1 chords, torch.float32",
     ),
-    "dots wrong": (lambda s, spec, x: x + 1e-3 * has_dot(s), None, "exp, softor, torch.float32"),
+    "dots wrong": (
+        lambda p, spec, x: x + 1e-3 * has_dot(p),
+        None,
+        "exp, softor, 1 chords, torch.float32",
+    ),
+    "curves wrong": (
+        lambda p, spec, x: x + 1e-3 * (p.shape[2] > 2),
+        None,
+        "exp, softor, CHORDS chords, torch.float32",
+    ),
+    "colour wrong": (
+        lambda p, spec, x: x + 1e-3 * spec.colour,
+        None,
+        "exp, colour, CHORDS chords, torch.float32",
+    ),
     "ink and gradient within float32 rounding (1.5e-4 relative)": (
-        lambda s, spec, x: x * (1 + 1.5e-4 if x.dtype == torch.float32 else 1 + 1.5e-10),
-        lambda s, spec, g: g * (1 + 1.5e-4 if g.dtype == torch.float32 else 1 + 1.5e-10),
+        lambda p, spec, x: x * (1 + 1.5e-4 if x.dtype == torch.float32 else 1 + 1.5e-10),
+        lambda p, spec, g: tuple(
+            t * (1 + 1.5e-4 if t.dtype == torch.float32 else 1 + 1.5e-10) for t in g
+        ),
         None,
     ),
 }
@@ -587,8 +655,284 @@ def test_kernel_self_test_refuses_a_wrong_kernel_and_passes_a_right_one(
     out_error, grad_error, verdict = SELF_TEST_FAULTS[fault]
     faulty_kernel(monkeypatch, out_error, grad_error)
     monkeypatch.setattr(raster, "_self_test", [])
+    verdict = verdict and verdict.replace("CHORDS", str(_self_test_chords()))
     expected = verdict and f"compiled CPU kernel disagrees with PyTorch ({verdict})"
     assert raster._kernel_self_test_failure() == expected
     assert raster._self_test == [expected]  # once per process
     monkeypatch.setenv("SKETCHENV_RASTER", "auto")
     assert raster._use_cpu_kernel(torch.device("cpu")) is (expected is None)
+
+
+# ----- stroke formats: curves, width, opacity and colour on both paths ---------------------
+
+PRIMITIVES = ("line", "quadratic", "cubic")
+OPTIONS = ("width", "opacity", "colour")
+
+
+def format_strokes(stroke_format, *batch, seed=0, dtype=torch.float64, spread=1.0):
+    """Random strokes of a format: control points in [-spread, spread], widths in [0.5, 2],
+    opacities and colours inside (0, 1) (away from the bounds gradcheck would cross)."""
+    from sketchenv.strokes import StrokeFormat
+
+    stroke_format = StrokeFormat.parse(stroke_format)
+    generator = torch.Generator().manual_seed(seed)
+    strokes = torch.rand(*batch, stroke_format.size, generator=generator, dtype=dtype)
+    columns = stroke_format.columns
+    points = 2 * stroke_format.n_points
+    strokes[..., :points] = (2 * strokes[..., :points] - 1) * spread
+    for i, name in enumerate(columns[points:], start=points):
+        low, high = (0.5, 2.0) if name == "width" else (0.1, 0.9)
+        strokes[..., i] = low + (high - low) * strokes[..., i]
+    return strokes
+
+
+def bezier(controls, t):
+    """Points of a Bézier curve with control points [m, 2] at parameters t [S]."""
+    degree = controls.shape[0] - 1
+    basis = torch.stack(
+        [math.comb(degree, j) * t**j * (1 - t) ** (degree - j) for j in range(degree + 1)], -1
+    )
+    return basis @ controls
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+def test_curves_match_brute_force_sampling_within_the_flattening_bound(primitive):
+    """Per pixel, the distance to 20,001 points on the exact curve (a Python loop over
+    pixels); the rendered ink may differ only by what the polyline's tolerance and the
+    sampling allow: |dk/dd| <= sqrt(2/e) / (σ w), times (tolerance + half the sample gap)."""
+    from sketchenv.strokes import StrokeFormat, flattening_error
+
+    stroke_format = StrokeFormat(primitive, width=True, opacity=True)
+    controls = {
+        "line": [[-0.8, -0.5], [0.6, 0.7]],
+        "quadratic": [[-0.9, 0.8], [0.1, -1.4], [0.8, 0.6]],
+        "cubic": [[-0.9, -0.2], [-0.3, 1.6], [0.4, -1.6], [0.9, 0.3]],
+    }[primitive]
+    height, width, sigma2, tolerance = 7, 9, 0.02, 0.01
+    rows = []
+    for stroke_width, opacity in ((1.3, 0.8), (0.6, 1.0)):
+        rows.append([c for point in controls for c in point] + [stroke_width, opacity])
+        controls = [[x * 0.7, -y * 0.6] for x, y in controls]  # a second, different stroke
+    strokes = torch.tensor(rows, dtype=torch.float64)
+    got = render_strokes(
+        strokes,
+        (height, width),
+        sigma2=sigma2,
+        invert=False,
+        stroke_format=stroke_format,
+        curve_tolerance=tolerance,
+    )
+    t = torch.linspace(0, 1, 20_001, dtype=torch.float64)
+    curves = [bezier(stroke_format.points(s), t) for s in strokes]
+    gaps = [float((c[1:] - c[:-1]).norm(dim=-1).max()) for c in curves]
+    sigma = math.sqrt(sigma2)
+    bound = 0.0
+    expected = torch.zeros(height, width, dtype=torch.float64)
+    for row in range(height):
+        for col in range(width):
+            p = torch.tensor([-1 + 2 * col / (width - 1), -1 + 2 * row / (height - 1)])
+            ink = 0.0
+            for s, curve in zip(strokes.tolist(), curves, strict=True):
+                stroke_width, opacity = s[-2:]
+                d2 = float(((curve - p) ** 2).sum(-1).min())
+                r = opacity * math.exp(-d2 / (sigma2 * stroke_width**2))
+                ink = r + (1 - r) * ink
+            expected[row, col] = ink
+    for s, gap in zip(strokes, gaps, strict=True):
+        stroke_width = float(s[-2])
+        # polyline keeps within the tolerance unless its 64 chords cap it, then within
+        # flattening_error(points, 64)
+        flattening = max(
+            tolerance * sigma * stroke_width, float(flattening_error(stroke_format.points(s), 64))
+        )
+        bound += math.sqrt(2 / math.e) * (flattening + gap / 2) / (sigma * stroke_width)
+    assert expected.max() > 0.5  # the strokes cross the canvas
+    error = float((got - expected).abs().max())
+    assert error <= bound, (error, bound)
+    # and the comparison is sharp enough to see a curve drawn as its control polygon's chord
+    if primitive != "line":
+        straight = strokes.clone()
+        straight[:, 2 : 2 * stroke_format.n_points - 2] = 0.0
+        wrong = render_strokes(
+            straight, (height, width), sigma2=sigma2, invert=False, stroke_format=stroke_format
+        )
+        assert float((wrong - expected).abs().max()) > 10 * bound
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_gradcheck_float64_for_each_primitive_and_option(primitive, option):
+    stroke_format = f"{primitive}+{option}"
+    strokes = format_strokes(stroke_format, 1, 2, seed=20, spread=0.8).requires_grad_()
+    composite = "over" if option == "colour" else "softor"
+
+    def render(s):
+        return render_strokes(
+            s, (6, 7), sigma2=0.08, composite=composite, stroke_format=stroke_format
+        )
+
+    assert torch.autograd.gradcheck(render, (strokes,))
+
+
+def _render_and_grad(strokes, weights, **options):
+    leaf = strokes.clone().requires_grad_()
+    sketch = render_strokes(leaf, (24, 26), **options)
+    return sketch, torch.autograd.grad((sketch * weights).sum(), leaf)[0]
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
+@pytest.mark.parametrize("options", ["", "+width+opacity", "+colour", "+width+opacity+colour"])
+@pytest.mark.parametrize(("kernel", "composite"), MODES)
+def test_kernel_and_pytorch_paths_agree_for_every_format(
+    backend, monkeypatch, primitive, options, kernel, composite
+):
+    if backend == "torch":
+        pytest.skip("compares the two paths in one run")
+    stroke_format = primitive + options
+    if "colour" in options and composite == "max":
+        pytest.skip("colour is composited over")
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+        strokes = format_strokes(stroke_format, 3, 4, seed=21, dtype=dtype, spread=1.2)
+        channels = (3,) if "colour" in options else ()
+        weights = torch.randn(3, *channels, 24, 26, generator=torch.Generator().manual_seed(2))
+        settings = dict(sigma2=5e-3, kernel=kernel, composite=composite)
+        results = {}
+        for path in ("kernel", "torch"):
+            monkeypatch.setenv("SKETCHENV_RASTER", path)
+            results[path] = _render_and_grad(
+                strokes, weights.to(dtype), stroke_format=stroke_format, **settings
+            )
+        for got, want in zip(results["kernel"], results["torch"], strict=True):
+            scale = float(want.detach().abs().max())
+            assert scale > 0
+            torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("primitive", ["quadratic", "cubic"])
+def test_degenerate_curves_draw_a_dot_or_their_straight_line(primitive):
+    from sketchenv.strokes import StrokeFormat
+
+    m = StrokeFormat(primitive).n_points
+    dot = torch.tensor([[0.2, -0.4] * m], dtype=torch.float64)
+    as_dot = render_strokes(dot, (9, 11), sigma2=0.05, stroke_format=primitive)
+    dot_line = render_strokes(dot[:, :4], (9, 11), sigma2=0.05)
+    torch.testing.assert_close(as_dot, dot_line, rtol=0, atol=1e-15)
+    a, b = torch.tensor([-0.7, 0.5], dtype=torch.float64), torch.tensor([0.8, -0.3]).double()
+    inner = [0.3] if m == 3 else [0.15, 0.75]  # control points inside the segment
+    points = [a, *(a + f * (b - a) for f in inner), b]
+    curve = torch.cat(points)[None]
+    line = torch.cat([a, b])[None]
+    for sigma2 in (5e-4, 0.02):
+        as_curve = render_strokes(curve, (40, 36), sigma2=sigma2, stroke_format=primitive)
+        as_line = render_strokes(line, (40, 36), sigma2=sigma2)
+        assert as_line.min() < 0.1  # the line is drawn
+        torch.testing.assert_close(as_curve, as_line, rtol=0, atol=1e-12)
+
+
+def _strokes_with(stroke_format, column, value):
+    from sketchenv.strokes import StrokeFormat
+
+    strokes = format_strokes(stroke_format, 2, 3, seed=22)
+    strokes[1, 2, StrokeFormat.parse(stroke_format).columns.index(column)] = value
+    return strokes
+
+
+@pytest.mark.parametrize(
+    ("stroke_format", "strokes", "kwargs", "error", "message"),
+    [
+        (
+            "cubic",
+            torch.zeros(2, 4),
+            {},
+            ValueError,
+            "strokes must have shape [..., n_strokes, 8] for cubic strokes "
+            "(x0, y0, x1, y1, x2, y2, x3, y3), got (2, 4)",
+        ),
+        (
+            "quadratic+width",
+            torch.zeros(2, 6),
+            {},
+            ValueError,
+            "strokes must have shape [..., n_strokes, 7] for quadratic+width strokes "
+            "(x0, y0, x1, y1, x2, y2, width), got (2, 6)",
+        ),
+        (
+            "cubic+opacity",
+            _strokes_with("cubic+opacity", "y2", float("nan")),
+            {},
+            ValueError,
+            "strokes contain NaN or infinite values",
+        ),
+        (
+            "line+width",
+            _strokes_with("line+width", "width", 0.0),
+            {},
+            ValueError,
+            "strokes: width must lie in [0.25, 4], found [0, ",
+        ),
+        (
+            "line+width",
+            _strokes_with("line+width", "width", -1.0),
+            {},
+            ValueError,
+            "strokes: width must lie in [0.25, 4], found [-1, ",
+        ),
+        (
+            "quadratic+width",
+            _strokes_with("quadratic+width", "width", 4.5),
+            {},
+            ValueError,
+            ("strokes: width must lie in [0.25, 4], found [0.", ", 4.5]"),
+        ),
+        (
+            "cubic+opacity",
+            _strokes_with("cubic+opacity", "opacity", 1.2),
+            {},
+            ValueError,
+            ("strokes: opacity must lie in [0, 1], found [0.", ", 1.2]"),
+        ),
+        (
+            "line+opacity",
+            _strokes_with("line+opacity", "opacity", -0.1),
+            {},
+            ValueError,
+            "strokes: opacity must lie in [0, 1], found [-0.1, ",
+        ),
+        (
+            "line+colour",
+            _strokes_with("line+colour", "g", 1.5),
+            {},
+            ValueError,
+            ("strokes: colour must lie in [0, 1], found [0.", ", 1.5]"),
+        ),
+        (
+            "cubic+colour",
+            format_strokes("cubic+colour", 2, 3, seed=22),
+            {"composite": "max"},
+            ValueError,
+            "coloured strokes are composited with 'over'; choose composite='over'",
+        ),
+    ],
+)
+def test_bad_stroke_parameters_get_clear_errors(stroke_format, strokes, kwargs, error, message):
+    with pytest.raises(error) as caught:
+        render_strokes(strokes, 8, stroke_format=stroke_format, **kwargs)
+    prefix, found = message if isinstance(message, tuple) else (message, "")
+    assert str(caught.value).startswith(prefix), str(caught.value)
+    assert found in str(caught.value)  # the largest value found, when it is the bad one
+    if "found" in prefix:  # the range found and a remedy; without the bad value it draws
+        assert str(caught.value).endswith("; squash it (e.g. with a sigmoid) into that range")
+        assert render_strokes(format_strokes(stroke_format, 2, 3, seed=22), 8,
+                              stroke_format=stroke_format).shape[-2:] == (8, 8)  # fmt: skip
+
+
+def test_kernel_visits_few_chords_per_row_and_pixels_it_skips_are_blank(backend):
+    """A long curve with many chords and a single short one: the sketch of both together
+    equals the soft-or of each alone (pixels between the strokes are untouched), and far
+    from every chord the ink is exactly paper."""
+    curve = torch.tensor([[-0.9, -0.9, 0.9, -0.9, -0.9, 0.9, 0.9, 0.9]], dtype=torch.float64)
+    short = torch.tensor([[0.0, 0.0, 0.05, 0.0, 0.1, 0.02, 0.15, 0.0]], dtype=torch.float64)
+    both = render_strokes(torch.cat([curve, short]), 64, stroke_format="cubic", invert=False)
+    each = [render_strokes(s, 64, stroke_format="cubic", invert=False) for s in (curve, short)]
+    torch.testing.assert_close(both, 1 - (1 - each[0]) * (1 - each[1]), rtol=0, atol=1e-14)
+    assert both.max() > 0.99 and (both == 0).float().mean() > 0.5
