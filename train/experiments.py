@@ -335,6 +335,8 @@ def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
     freezing, and sigma2 when the image size is known); defaults that depend on the
     dataset's own image size stay None."""
     values = dict(values)
+    if values["image_size"] is None and values["backbone"] == "small":
+        values["image_size"] = 32  # make_game's default for the small CNN
     if values["weights"] is None:
         values["weights"] = default_weights(
             values["backbone"], values["dataset"], values["image_size"], values["backbone_width"]
