@@ -75,15 +75,18 @@ def test_two_processes_train_as_one_with_the_same_global_batch(folder, tmp_path,
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
     # Every step's global statistics (3 steps per epoch, the last of one block). Adam
     # turns the rounding noise of gradients that are ~0 into steps of +-lr, so later steps
-    # drift apart a little (measured: losses 4e-5, gradient norms 1.5e-3 relative).
+    # drift apart a little (measured: losses 4e-5; gradient norms 1.5e-3 relative with the
+    # kernel before stroke formats, 2.5e-2 with the PyTorch path, before and after, and with
+    # today's kernel, whose lines round differently; the first-step check above is exact).
     assert len(one["stats"]) == len(two["stats"]) == (6 if not share else 9)
     for a, b in zip(one["stats"], two["stats"], strict=True):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-2 if key == "grad_norm" else 1e-3), key
+            assert a[key] == pytest.approx(b[key], rel=5e-2 if key == "grad_norm" else 1e-3), key
     # Validation combines both processes' games.
     assert one["metrics"]["games"] == two["metrics"]["games"] == 12
-    assert one["metrics"]["loss"] == pytest.approx(two["metrics"]["loss"], rel=1e-3)
+    # (validation loss 1.4e-3 relative after 9 steps of the games share, from the same drift)
+    assert one["metrics"]["loss"] == pytest.approx(two["metrics"]["loss"], rel=5e-3)
     # After 6 Adam steps of lr 1e-3 the weights agree to within a few such steps (1e-3
     # measured, from the same drift).
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
