@@ -128,8 +128,8 @@ class SelfPlayConfig:
     )
     drawing_cost_kind: str = option(
         "strokes",
-        "strokes: the strokes' mean opacity (needs --stroke-opacity); ink: the inked "
-        "fraction of the canvas",
+        "strokes: the mean square root of the strokes' opacities, a soft count of the "
+        "strokes used (needs --stroke-opacity); ink: the inked fraction of the canvas",
         "losses and optimisation",
         choices=DRAWING_COSTS,
     )

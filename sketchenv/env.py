@@ -77,7 +77,7 @@ class SketchParallelEnv(ParallelEnv):
         kernel: str = "exp",
         composite: str = "softor",
         invert: bool = True,
-        stroke_format="line",
+        stroke_format: StrokeFormat | str = "line",
         render_mode: str | None = None,
         render_view: str = "spectator",
         seed: int | None = None,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from sketchenv.datasets.cache import ImageCache, check_memory, describe
-from sketchenv.raster import COMPOSITES, KERNELS, render_strokes, to_rgb
+from sketchenv.raster import COMPOSITES, KERNELS, check_colour_composite, render_strokes, to_rgb
 from sketchenv.strokes import StrokeFormat
 
 GAMES = ("original", "oo-same", "oo-different")
@@ -128,11 +128,7 @@ class SketchGame:
         self.composite = composite
         self.invert = bool(invert)
         self.stroke_format = StrokeFormat.parse(stroke_format)
-        if self.stroke_format.colour and composite == "max":
-            raise ValueError(
-                "coloured strokes are composited with 'over': choose composite='over' (or "
-                "'softor', the same for colour)"
-            )
+        check_colour_composite(self.stroke_format, composite)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.generator = torch.Generator().manual_seed(int(seed))
 

@@ -106,8 +106,7 @@ def render_strokes(
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {KERNELS}")
     if composite not in COMPOSITES:
         raise ValueError(f"unknown composite {composite!r}; choose one of {COMPOSITES}")
-    if stroke_format.colour and composite == "max":
-        raise ValueError("coloured strokes are composited with 'over'; choose composite='over'")
+    check_colour_composite(stroke_format, composite)
     if not isinstance(invert, bool):
         raise TypeError(f"invert must be a bool, got {type(invert).__name__}")
     if not (isinstance(curve_tolerance, numbers.Real) and 0 < curve_tolerance < math.inf):
@@ -126,6 +125,12 @@ def render_strokes(
     out = _Raster.apply(points.contiguous(), style.contiguous(), spec, invert, use_kernel)
     channels = (3,) if stroke_format.colour else ()
     return out.reshape(*batch_shape, *channels, height, width).to(strokes.dtype)
+
+
+def check_colour_composite(stroke_format: StrokeFormat, composite: str) -> None:
+    """Refuse the smooth max for coloured strokes, which are composited `over`."""
+    if stroke_format.colour and composite == "max":
+        raise ValueError("coloured strokes are composited with 'over'; choose composite='over'")
 
 
 def to_rgb(sketch: Tensor) -> Tensor:

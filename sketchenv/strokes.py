@@ -181,11 +181,7 @@ def polyline(points: Tensor, tolerance: float, max_segments: int = 64) -> Tensor
     m = points.shape[-2]
     if m == 2:
         return points
-    detached = points.detach()
-    second = (detached[..., :-2, :] - 2 * detached[..., 1:-1, :] + detached[..., 2:, :]).norm(
-        dim=-1
-    )
-    scale = m * (m - 1) / 8 * second.amax(dim=-1)  # error <= scale / k²
+    scale = flattening_error(points.detach(), 1)  # error <= scale / k²
     k = torch.sqrt(scale / tolerance).ceil().clamp(1, max_segments)
     index = torch.arange(int(k.max()) + 1, dtype=points.dtype, device=points.device)
     t = torch.minimum(index, k[..., None]) / k[..., None]  # [..., n, K + 1]

@@ -120,7 +120,8 @@ def make_recogniser(
 def check_pairing(sender_run: Run, receiver_run: Run) -> None:
     """A receiver reads sketches of one size, stroke count, stroke format and polarity:
     refuse other pairings; warn when the stroke width or rasteriser differs."""
-    s, r = sender_run.game, receiver_run.game
+    # Runs saved before stroke formats existed drew lines.
+    s, r = ({"stroke_format": "line", **run.game} for run in (sender_run, receiver_run))
     keys = (
         ("image size", "image_size"),
         ("lines", "n_lines"),
@@ -128,9 +129,9 @@ def check_pairing(sender_run: Run, receiver_run: Run) -> None:
         ("invert", "invert"),
     )
     differences = [
-        f"{name}: {s.get(key, 'line')} vs {r.get(key, 'line')}"  # runs before formats drew lines
+        f"{name}: {s[key]} vs {r[key]}"
         for name, key in keys
-        if list(np.atleast_1d(s.get(key, "line"))) != list(np.atleast_1d(r.get(key, "line")))
+        if list(np.atleast_1d(s[key])) != list(np.atleast_1d(r[key]))
     ]
     if differences:
         raise ValueError(
