@@ -147,10 +147,64 @@ Footprint footprint(const T* s, double radius, int64_t H, int64_t W) {
   return f;
 }
 
-inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_t& c1) {
+// The row-by-row columns of the half-plane (p - q) . n <= 0 (in canvas units; all of the
+// plane when n = 0), widened by a hundredth of a pixel: col <= c0 + slope y (kind 1), col >=
+// c0 + slope y (kind -1), every column of rows y <= c0 (kind 2) or y >= c0 (kind -2), or all.
+struct Edge {
+  double c0 = 0, slope = 0;
+  int kind = 0;
+
+  Edge() = default;
+  Edge(double nx, double ny, double qx, double qy, double col_scale) {
+    if (nx != 0.0) {  // nx x <= nx qx - (y - qy) ny
+      slope = -ny / nx * col_scale;
+      c0 = (qx + qy * ny / nx + 1.0) * col_scale + (nx > 0.0 ? 0.01 : -0.01);
+      kind = nx > 0.0 ? 1 : -1;
+    } else if (ny != 0.0) {  // (y - qy) ny <= 0
+      c0 = qy + (ny > 0.0 ? 0.01 : -0.01) / col_scale;
+      kind = ny > 0.0 ? 2 : -2;
+    }
+  }
+
+  void bound(double y, double& lo, double& hi) const {
+    const double edge = c0 + slope * y;
+    if (kind == 1) hi = std::min(hi, edge);
+    if (kind == -1) lo = std::max(lo, edge);
+    if ((kind == 2 && y > c0) || (kind == -2 && y < c0)) hi = -HUGE_VAL;
+  }
+};
+
+// Where on a polyline chord k can be the closest: its slab 0 <= t <= 1, the polyline's end
+// caps, and at its end vertex v the wedge beyond both neighbours' slabs (t_k >= 1 and
+// t_next <= 0), whose pixels are closest to v itself. Any pixel closest to an interior point of
+// chord k lies in its slab, one closest to a vertex in the wedge of the chord ending there (the
+// other chord's distance equals it there and sends its gradient to the same point), so trimming
+// runs to these regions changes no closest distance. A dot (n = 0) and the sides of its
+// neighbours that touch it are not trimmed, so a repeated point keeps the path's tie-breaking.
+struct Slab {
+  Edge start, end, next;  // t_k >= 0, t_k <= 1, t_next <= 0
+  bool first = true, last = true;
+
+  void clamp(double y, double& lo, double& hi) const {
+    if (!first) start.bound(y, lo, hi);
+    if (!last) {  // the interval hull of the slab's end side and the wedge
+      double l = lo, h = hi, l2 = lo, h2 = hi;
+      end.bound(y, l, h);
+      next.bound(y, l2, h2);
+      if (!(l <= h)) l = HUGE_VAL, h = -HUGE_VAL;
+      if (!(l2 <= h2)) l2 = HUGE_VAL, h2 = -HUGE_VAL;
+      lo = std::min(l, l2);
+      hi = std::max(h, h2);
+    }
+  }
+};
+
+inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_t& c1,
+                    const Slab& slab = Slab()) {
   const double center = f.center0 + f.slope * y;
-  const double lo = std::max({f.x_lo, center - f.half, 0.0});
-  const double hi = std::min({f.x_hi, center + f.half, double(W - 1)});
+  double lo = std::max({f.x_lo, center - f.half, 0.0});
+  double hi = std::min({f.x_hi, center + f.half, double(W - 1)});
+  slab.clamp(y, lo, hi);
   if (!(lo <= hi)) return false;
   c0 = int64_t(std::ceil(lo));
   c1 = int64_t(std::floor(hi));
@@ -228,11 +282,25 @@ struct Chords {
     }
     runs.clear();
     int64_t row0 = H, row1 = -1;
-    for (int64_t k = 0; k < int64_t(segment.size()); ++k) {
-      const Footprint f = footprint(points + 2 * first_point[k], radius, H, W);
+    const int64_t last = int64_t(segment.size()) - 1;
+    const double col_scale = 0.5 * double(W - 1);
+    for (int64_t k = 0; k <= last; ++k) {
+      const T* a = points + 2 * first_point[k];
+      const Footprint f = footprint(a, radius, H, W);
+      const double dx = double(a[2]) - a[0], dy = double(a[3]) - a[1];
+      Slab slab;
+      slab.first = k == 0 || segment[k - 1].dot != T(0);  // a dot's neighbours: untrimmed
+      slab.last = k == last;
+      slab.start = Edge(-dx, -dy, a[0], a[1], col_scale);
+      slab.end = Edge(dx, dy, a[2], a[3], col_scale);
+      if (k < last) {
+        const T* next = points + 2 * first_point[k + 1];
+        slab.next = Edge(double(next[2]) - next[0], double(next[3]) - next[1], next[0],
+                         next[1], col_scale);
+      }
       for (int64_t row = f.row0; row <= f.row1; ++row) {
         int64_t c0, c1;
-        if (!columns(f, double(canvas.py[row]), W, c0, c1)) continue;
+        if (!columns(f, double(canvas.py[row]), W, c0, c1, slab)) continue;
         runs.push_back({row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock});
         row0 = std::min(row0, row);
         row1 = std::max(row1, row);

@@ -191,13 +191,14 @@ def polyline(points: Tensor, tolerance: float, max_segments: int = 64) -> Tensor
 
 def flattening_error(points: Tensor, segments: Tensor | int) -> Tensor:
     """Upper bound ``[..., n]`` on the distance between each Bézier curve ``[..., n, m, 2]``
-    and its polyline of ``segments`` equal-parameter chords: m(m-1)/8 · max_j |P_j - 2P_j+1 +
-    P_j+2| / k² (the chord error h²/8 · max|B''| with |B''| <= m(m-1) max|Δ²P|)."""
-    m = points.shape[-2]
-    if m == 2:
+    and its polyline of ``segments`` equal-parameter chords: n(n-1)/8 · max_j |P_j - 2P_j+1 +
+    P_j+2| / k² for degree n = m - 1 (the chord error h²/8 · max|B''|, and B'' is the degree
+    n - 2 Bézier curve of the points n(n-1) Δ²P_j, so |B''| <= n(n-1) max|Δ²P|)."""
+    n = points.shape[-2] - 1
+    if n == 1:
         return points.new_zeros(points.shape[:-2])
     second = (points[..., :-2, :] - 2 * points[..., 1:-1, :] + points[..., 2:, :]).norm(dim=-1)
-    return m * (m - 1) / 8 * second.amax(dim=-1) / torch.as_tensor(segments) ** 2
+    return n * (n - 1) / 8 * second.amax(dim=-1) / torch.as_tensor(segments) ** 2
 
 
 def _bernstein(t: Tensor, degree: int) -> Tensor:
