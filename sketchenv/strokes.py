@@ -19,7 +19,8 @@ Then, for each option switched on, in this order:
 `StrokeFormat` is that description; `StrokeFormat.parse("cubic+width+opacity")` and
 `str(format)` convert it to and from the name stored in configs, checkpoints and study
 databases. A new primitive is one more entry in `PRIMITIVES` (its control-point count);
-curves are drawn through `polyline`, whose distance error `flattening_error` bounds.
+curves are drawn through `polyline`, whose distance error `flattening_error` bounds
+(`chord_counts` says how many chords each piece of a curve gets).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "OPTIONS",
     "PRIMITIVES",
     "StrokeFormat",
+    "chord_counts",
     "flattening_error",
     "polyline",
     "strokes_to_svg",
@@ -171,34 +173,84 @@ class StrokeFormat:
                 )
 
 
-def polyline(points: Tensor, tolerance: float, max_segments: int = 64) -> Tensor:
+def polyline(points: Tensor, tolerance: float | Tensor, max_segments: int = 64) -> Tensor:
     """Bézier control points ``[..., n, m, 2]`` -> points ``[..., n, K + 1, 2]`` on each
-    curve (differentiable), whose chords stay within ``tolerance`` of it.
+    curve (differentiable), whose chords stay within ``tolerance`` (a number or ``[..., n]``).
 
-    Stroke ``s`` gets the fewest chords k_s <= ``max_segments`` that `flattening_error`
-    allows, at t = 0, 1/k_s, ..., 1; its row is padded to K = max k_s by repeating its end
-    point (zero-length chords, which change no distance). A line (m = 2) is itself."""
+    Each curve's parameter range is cut into equal pieces (one up to degree 2, else four) and
+    piece i gets the fewest equal-parameter chords k_i <= ``max_segments`` / pieces that
+    `flattening_error` allows there (`chord_counts`), so a curve gets its chords where it
+    bends. A curve's row is padded to K = max Σ k_i by repeating its end point (zero-length
+    chords, which change no distance). A line (m = 2) is itself."""
     m = points.shape[-2]
     if m == 2:
         return points
-    scale = flattening_error(points.detach(), 1)  # error <= scale / k²
-    k = torch.sqrt(scale / tolerance).ceil().clamp(1, max_segments)
-    index = torch.arange(int(k.max()) + 1, dtype=points.dtype, device=points.device)
-    t = torch.minimum(index, k[..., None]) / k[..., None]  # [..., n, K + 1]
-    basis = _bernstein(t, m - 1)  # [..., n, K + 1, m]
-    return basis @ points
+    counts = chord_counts(points.detach(), tolerance, max_segments)  # [..., n, L]
+    pieces = counts.shape[-1]
+    ends = counts.cumsum(-1)  # index of each piece's last point
+    index = torch.arange(int(ends[..., -1].max()) + 1, dtype=points.dtype, device=points.device)
+    piece = (index[:, None] >= ends[..., None, :]).sum(-1).clamp(max=pieces - 1)  # [..., n, K+1]
+    k = counts.gather(-1, piece)
+    start = (ends - counts).gather(-1, piece)
+    t = ((piece + (index - start).clamp(max=k) / k) / pieces).clamp(max=1)
+    return _bernstein(t, m - 1) @ points
+
+
+def _pieces(points: Tensor) -> int:
+    """Pieces a Bézier curve ``[..., m, 2]`` is flattened in: 1 up to degree 2, whose B'' is
+    constant, else 4 (a cubic's B'' changes along it; more pieces hardly save chords)."""
+    return 1 if points.shape[-2] <= 3 else 4
+
+
+def chord_counts(points: Tensor, tolerance: float | Tensor, max_segments: int = 64) -> Tensor:
+    """Chords ``[..., n, pieces]`` that `polyline` gives each piece of each curve ``[..., n, m,
+    2]``: the fewest whose `flattening_error` is within ``tolerance``."""
+    pieces = _pieces(points)
+    scale = _piece_errors(points, pieces)  # error <= scale / k²
+    tolerance = torch.as_tensor(tolerance, dtype=points.dtype, device=points.device)
+    k = torch.sqrt(scale / tolerance[..., None]).ceil()
+    return k.clamp(1, max(max_segments // pieces, 1))
 
 
 def flattening_error(points: Tensor, segments: Tensor | int) -> Tensor:
     """Upper bound ``[..., n]`` on the distance between each Bézier curve ``[..., n, m, 2]``
-    and its polyline of ``segments`` equal-parameter chords: n(n-1)/8 · max_j |P_j - 2P_j+1 +
-    P_j+2| / k² for degree n = m - 1 (the chord error h²/8 · max|B''|, and B'' is the degree
-    n - 2 Bézier curve of the points n(n-1) Δ²P_j, so |B''| <= n(n-1) max|Δ²P|)."""
-    n = points.shape[-2] - 1
-    if n == 1:
-        return points.new_zeros(points.shape[:-2])
-    second = (points[..., :-2, :] - 2 * points[..., 1:-1, :] + points[..., 2:, :]).norm(dim=-1)
-    return n * (n - 1) / 8 * second.amax(dim=-1) / torch.as_tensor(segments) ** 2
+    of degree d = m - 1 and its polyline of ``segments`` equal-parameter chords: an int or
+    ``[..., n]``, or ``[..., n, L]`` chords in each of L equal parameter pieces (as
+    `chord_counts`). Per piece, the chord error h²/8 · max|B''|, where B'' is the degree d - 2
+    Bézier curve of the points d(d - 1) Δ²P_j, so on a piece it is at most the largest of its
+    control points restricted to the piece (exact for d <= 3). With one piece: d(d - 1)/8 ·
+    max_j |P_j - 2P_j+1 + P_j+2| / k²."""
+    segments = torch.as_tensor(segments, dtype=points.dtype, device=points.device)
+    if segments.ndim < points.ndim - 1:  # chords per curve: one piece
+        segments = segments[..., None]
+    return (_piece_errors(points, segments.shape[-1]) / segments**2).amax(-1)
+
+
+def _piece_errors(points: Tensor, pieces: int) -> Tensor:
+    """``[..., n, pieces]``: each piece's `flattening_error` with one chord."""
+    degree = points.shape[-2] - 1
+    if degree == 1:
+        return points.new_zeros(*points.shape[:-2], pieces)
+    second = (points[..., :-2, :] - 2 * points[..., 1:-1, :] + points[..., 2:, :]) * (
+        degree * (degree - 1)
+    )
+    edges = torch.linspace(0, 1, pieces + 1, dtype=points.dtype, device=points.device)
+    largest = _restrict(second, edges[:-1], edges[1:]).norm(dim=-1).amax(-1)
+    return largest / (8 * pieces**2)
+
+
+def _restrict(control: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Control points ``[..., L, q + 1, 2]`` of the Bézier curve ``[..., q + 1, 2]`` on each
+    parameter interval [a_i, b_i] (its blossom at q - j a's and j b's)."""
+    q = control.shape[-2] - 1
+    restricted = []
+    for j in range(q + 1):
+        c = control[..., None, :, :]
+        for t in [a] * (q - j) + [b] * j:
+            t = t[:, None, None]
+            c = (1 - t) * c[..., :-1, :] + t * c[..., 1:, :]
+        restricted.append(c[..., 0, :])
+    return torch.stack(restricted, dim=-2)
 
 
 def _bernstein(t: Tensor, degree: int) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 
 from sketchenv.strokes import (
     StrokeFormat,
+    chord_counts,
     flattening_error,
     polyline,
     strokes_to_svg,
@@ -106,12 +107,32 @@ def test_polylines_stay_within_the_tolerance_and_their_bound(m):
     d = b - a
     t = (((p - a) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-300)).clamp(0, 1)
     gap = (p - a - t[..., None] * d).norm(dim=-1).amin(-1).amax(-1)  # [40]
-    k = (points.diff(dim=1).norm(dim=-1) > 0).sum(-1)  # chords each curve really uses
-    bound = flattening_error(controls, k)
+    counts = chord_counts(controls, tolerance)  # [40, pieces]
+    assert counts.shape == (40, {3: 1, 4: 4}[m])  # a quadratic's B'' is constant: one piece
+    used = (points.diff(dim=1).norm(dim=-1) > 0).sum(-1)  # chords each curve really uses
+    assert (used == counts.sum(-1)).all()
+    bound = flattening_error(controls, counts)
     assert (gap <= bound + 1e-12).all() and (bound <= tolerance).all()
     assert (gap / bound).median() > 0.2  # and usually not loose (it is exact along B'')
     assert points.shape[1] <= 65 and (points[:, 0] == controls[:, 0]).all()
     assert torch.allclose(points[:, -1], controls[:, -1])
+
+
+def test_a_cubic_gets_its_chords_where_it_bends():
+    """x = t along this cubic (its x control points are evenly spaced), so the polyline's x
+    are its parameters: equally spaced within each quarter, densest where y bends most (the
+    end), and fewer in all than equal-parameter chords would need for the same bound."""
+    controls = torch.tensor([[[0.0, 0.0], [1 / 3, 0.0], [2 / 3, 0.0], [1.0, 0.8]]]).double()
+    tolerance = 1e-3
+    counts = chord_counts(controls, tolerance)[0]
+    t = polyline(controls, tolerance)[0, :, 0]
+    assert counts.tolist() == sorted(counts.tolist()) and counts[0] < counts[-1]
+    edges = [0, *counts.cumsum(0).long().tolist()]
+    for i, (start, end) in enumerate(itertools.pairwise(edges)):
+        expected = torch.linspace(i / 4, (i + 1) / 4, end - start + 1, dtype=torch.float64)
+        torch.testing.assert_close(t[start : end + 1], expected)
+    uniform = math.ceil(math.sqrt(float(flattening_error(controls, 1)) / tolerance))
+    assert counts.sum() < uniform and float(flattening_error(controls, uniform)) <= tolerance
 
 
 def test_polyline_pads_with_the_end_point_and_leaves_lines_alone():
