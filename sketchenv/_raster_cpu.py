@@ -2,7 +2,8 @@
 
 The kernel walks each stroke over only the pixels where its ink can exceed the cut-off
 (`cutoff_d2`, chosen by the caller so that the skipped ink is below float precision): a band
-around the segment, row by row, in aligned 8-pixel blocks that vectorise. Forward keeps two
+around the segment, row by row, in aligned 8-pixel blocks that vectorise. A chord of a curve's
+polyline only visits where it can be the closest chord (its slab and the wedge at its end). Forward keeps two
 per-pixel aggregates; backward recomputes each stroke's pixels from them, so nothing of size
 sketches × strokes × pixels ever exists.
 
@@ -117,29 +118,48 @@ INLINE T kernel_of(T z) {
 
 // The pixels within `radius` of a chord (a superset): rows of its y-extent, and per row the
 // columns of its bounding box intersected with the band |cross(p - a, b - a)| <= radius |b - a|
-// around its line, widened by a hundredth of a pixel against rounding.
+// around its line, widened by a hundredth of a pixel against rounding. A chord of a longer
+// polyline may also be cut to the slab t0 <= t <= t1 of its parameter t (see `Chords`).
 struct Footprint {
   int64_t row0, row1;
   double x_lo, x_hi;      // bounding box columns, in pixel units
   double center0, slope;  // band centre in pixel units: center0 + slope * y
   double half;            // band half-width in pixel units (infinite: no band)
+  double slab_lo, slab_hi, slab_slope;  // slab columns: slab_lo/hi + slab_slope * y
 };
 
 template <typename T>
-Footprint footprint(const T* s, double radius, int64_t H, int64_t W) {
+Footprint footprint(const T* s, double radius, int64_t H, int64_t W,
+                    double t0 = -HUGE_VAL, double t1 = HUGE_VAL) {
   const double x0 = s[0], y0 = s[1], x1 = s[2], y1 = s[3], dx = x1 - x0, dy = y1 - y0;
   const double row_scale = 0.5 * double(H - 1), col_scale = 0.5 * double(W - 1);
+  const double length2 = dx * dx + dy * dy;
+  double y_lo = std::min(y0, y1) - radius, y_hi = std::max(y0, y1) + radius;
   Footprint f;
-  const double r_lo = (std::min(y0, y1) - radius + 1.0) * row_scale - 0.01;
-  const double r_hi = (std::max(y0, y1) + radius + 1.0) * row_scale + 0.01;
-  f.row0 = int64_t(std::ceil(std::max(r_lo, 0.0)));
-  f.row1 = int64_t(std::floor(std::min(r_hi, double(H - 1))));
+  f.slab_lo = -HUGE_VAL;
+  f.slab_hi = HUGE_VAL;
+  f.slab_slope = 0.0;
+  if (length2 > 0.0 && (t0 > -HUGE_VAL || t1 < HUGE_VAL)) {
+    // The rectangle a + t (b - a) + q n, t in [t0, t1], |q| <= radius (n the unit normal).
+    const double reach = radius * std::abs(dx) / std::sqrt(length2);  // radius |n_y|
+    y_lo = std::max(y_lo, y0 + std::min(t0 * dy, t1 * dy) - reach);
+    y_hi = std::min(y_hi, y0 + std::max(t0 * dy, t1 * dy) + reach);
+    if (dx != 0.0) {  // t(x, y) = t0 or t1 at x = x0 + (t length2 - (y - y0) dy) / dx
+      const double lo = (x0 + (t0 * length2 + y0 * dy) / dx + 1.0) * col_scale;
+      const double hi = (x0 + (t1 * length2 + y0 * dy) / dx + 1.0) * col_scale;
+      f.slab_lo = std::min(lo, hi) - 0.01;
+      f.slab_hi = std::max(lo, hi) + 0.01;
+      f.slab_slope = -dy / dx * col_scale;
+    }
+  }
+  f.row0 = int64_t(std::ceil(std::max((y_lo + 1.0) * row_scale - 0.01, 0.0)));
+  f.row1 = int64_t(std::floor(std::min((y_hi + 1.0) * row_scale + 0.01, double(H - 1))));
   f.x_lo = (std::min(x0, x1) - radius + 1.0) * col_scale - 0.01;
   f.x_hi = (std::max(x0, x1) + radius + 1.0) * col_scale + 0.01;
   if (dy != 0.0) {
     f.slope = dx / dy * col_scale;
     f.center0 = (x0 + 1.0) * col_scale - y0 * f.slope;
-    f.half = radius * std::sqrt(dx * dx + dy * dy) / std::abs(dy) * col_scale + 0.01;
+    f.half = radius * std::sqrt(length2) / std::abs(dy) * col_scale + 0.01;
   } else {  // horizontal or a dot: the rows already bound the distance
     f.slope = f.center0 = 0.0;
     f.half = HUGE_VAL;
@@ -147,64 +167,10 @@ Footprint footprint(const T* s, double radius, int64_t H, int64_t W) {
   return f;
 }
 
-// The row-by-row columns of the half-plane (p - q) . n <= 0 (in canvas units; all of the
-// plane when n = 0), widened by a hundredth of a pixel: col <= c0 + slope y (kind 1), col >=
-// c0 + slope y (kind -1), every column of rows y <= c0 (kind 2) or y >= c0 (kind -2), or all.
-struct Edge {
-  double c0 = 0, slope = 0;
-  int kind = 0;
-
-  Edge() = default;
-  Edge(double nx, double ny, double qx, double qy, double col_scale) {
-    if (nx != 0.0) {  // nx x <= nx qx - (y - qy) ny
-      slope = -ny / nx * col_scale;
-      c0 = (qx + qy * ny / nx + 1.0) * col_scale + (nx > 0.0 ? 0.01 : -0.01);
-      kind = nx > 0.0 ? 1 : -1;
-    } else if (ny != 0.0) {  // (y - qy) ny <= 0
-      c0 = qy + (ny > 0.0 ? 0.01 : -0.01) / col_scale;
-      kind = ny > 0.0 ? 2 : -2;
-    }
-  }
-
-  void bound(double y, double& lo, double& hi) const {
-    const double edge = c0 + slope * y;
-    if (kind == 1) hi = std::min(hi, edge);
-    if (kind == -1) lo = std::max(lo, edge);
-    if ((kind == 2 && y > c0) || (kind == -2 && y < c0)) hi = -HUGE_VAL;
-  }
-};
-
-// Where on a polyline chord k can be the closest: its slab 0 <= t <= 1, the polyline's end
-// caps, and at its end vertex v the wedge beyond both neighbours' slabs (t_k >= 1 and
-// t_next <= 0), whose pixels are closest to v itself. Any pixel closest to an interior point of
-// chord k lies in its slab, one closest to a vertex in the wedge of the chord ending there (the
-// other chord's distance equals it there and sends its gradient to the same point), so trimming
-// runs to these regions changes no closest distance. A dot (n = 0) and the sides of its
-// neighbours that touch it are not trimmed, so a repeated point keeps the path's tie-breaking.
-struct Slab {
-  Edge start, end, next;  // t_k >= 0, t_k <= 1, t_next <= 0
-  bool first = true, last = true;
-
-  void clamp(double y, double& lo, double& hi) const {
-    if (!first) start.bound(y, lo, hi);
-    if (!last) {  // the interval hull of the slab's end side and the wedge
-      double l = lo, h = hi, l2 = lo, h2 = hi;
-      end.bound(y, l, h);
-      next.bound(y, l2, h2);
-      if (!(l <= h)) l = HUGE_VAL, h = -HUGE_VAL;
-      if (!(l2 <= h2)) l2 = HUGE_VAL, h2 = -HUGE_VAL;
-      lo = std::min(l, l2);
-      hi = std::max(h, h2);
-    }
-  }
-};
-
-inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_t& c1,
-                    const Slab& slab = Slab()) {
-  const double center = f.center0 + f.slope * y;
-  double lo = std::max({f.x_lo, center - f.half, 0.0});
-  double hi = std::min({f.x_hi, center + f.half, double(W - 1)});
-  slab.clamp(y, lo, hi);
+inline bool columns(const Footprint& f, double y, int64_t W, int64_t& c0, int64_t& c1) {
+  const double center = f.center0 + f.slope * y, slab = f.slab_slope * y;
+  const double lo = std::max({f.x_lo, center - f.half, f.slab_lo + slab, 0.0});
+  const double hi = std::min({f.x_hi, center + f.half, f.slab_hi + slab, double(W - 1)});
   if (!(lo <= hi)) return false;
   c0 = int64_t(std::ceil(lo));
   c1 = int64_t(std::floor(hi));
@@ -235,10 +201,10 @@ struct Run {
   int64_t row, chord, begin, end;
 };
 
-// One stroke's polyline, split into its chords, and per row the runs of the chords whose band
-// reaches that row: a pixel's closest chord is among them whenever its ink can exceed the
-// cut-off, so a curve costs per pixel about the chords near it, not all of them. Per-thread
-// scratch, reused from stroke to stroke.
+// One stroke's polyline, split into its chords, and per row the runs of the chords that reach
+// that row within the cut-off and their slab: a pixel's closest chord is among them whenever
+// its ink can exceed the cut-off, so a curve costs per pixel about the one or two chords that
+// can be closest there, not all of them. Per-thread scratch, reused from stroke to stroke.
 template <typename T>
 struct Chords {
   std::vector<Segment<T>> segment;  // the kept chords
@@ -263,6 +229,31 @@ struct Chords {
     }
   }
 
+  // How far (in t) chord k's slab reaches past its ends: the start of the polyline (or a dot
+  // before it) needs its cap, radius / length; at an end vertex v shared with the next chord, the
+  // pixels closest to v lie in the wedge t_k >= 1, t_next <= 0 within the radius, whose reach
+  // past v along chord k is radius · sin(turn) (radius beyond a right-angle turn, and at the end
+  // of the polyline or before a dot). Elsewhere the chord is not the first closest: interior
+  // points of other chords or their ends are, and at a shared vertex both chords' closest point
+  // is the same polyline point, so trimming changes no distance and no gradient.
+  double start_reach(int64_t k, double radius) const {
+    if (k > 0 && segment[k - 1].dot == T(0)) return 0.0;
+    return radius * std::sqrt(double(segment[k].inv_length2));
+  }
+  double end_reach(int64_t k, double radius) const {
+    const Segment<T>& s = segment[k];
+    const double inv_length = std::sqrt(double(s.inv_length2));
+    if (k + 1 == int64_t(segment.size()) || segment[k + 1].dot != T(0))
+      return radius * inv_length;
+    const Segment<T>& next = segment[k + 1];
+    const double dot = double(s.dx) * next.dx + double(s.dy) * next.dy;
+    const double cross = double(s.dx) * next.dy - double(s.dy) * next.dx;
+    const double sine = dot > 0.0 ? std::abs(cross) / std::sqrt(
+        (double(s.dx) * s.dx + double(s.dy) * s.dy) * (double(next.dx) * next.dx +
+        double(next.dy) * next.dy)) : 1.0;
+    return radius * std::min(sine, 1.0) * inv_length;
+  }
+
   // Calls body(row, runs, count, begin, end) for each row some chord reaches, with the runs of
   // the chords that reach it (in chord order, so the first of equal distances wins as in the
   // PyTorch path) and [begin, end) their union, the row's visited pixels.
@@ -283,24 +274,15 @@ struct Chords {
     runs.clear();
     int64_t row0 = H, row1 = -1;
     const int64_t last = int64_t(segment.size()) - 1;
-    const double col_scale = 0.5 * double(W - 1);
     for (int64_t k = 0; k <= last; ++k) {
       const T* a = points + 2 * first_point[k];
-      const Footprint f = footprint(a, radius, H, W);
-      const double dx = double(a[2]) - a[0], dy = double(a[3]) - a[1];
-      Slab slab;
-      slab.first = k == 0 || segment[k - 1].dot != T(0);  // a dot's neighbours: untrimmed
-      slab.last = k == last;
-      slab.start = Edge(-dx, -dy, a[0], a[1], col_scale);
-      slab.end = Edge(dx, dy, a[2], a[3], col_scale);
-      if (k < last) {
-        const T* next = points + 2 * first_point[k + 1];
-        slab.next = Edge(double(next[2]) - next[0], double(next[3]) - next[1], next[0],
-                         next[1], col_scale);
-      }
+      const bool dot = segment[k].dot != T(0);  // a dot keeps its whole disc
+      const Footprint f = dot ? footprint(a, radius, H, W)
+                              : footprint(a, radius, H, W, -start_reach(k, radius),
+                                          1.0 + end_reach(k, radius));
       for (int64_t row = f.row0; row <= f.row1; ++row) {
         int64_t c0, c1;
-        if (!columns(f, double(canvas.py[row]), W, c0, c1, slab)) continue;
+        if (!columns(f, double(canvas.py[row]), W, c0, c1)) continue;
         runs.push_back({row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock});
         row0 = std::min(row0, row);
         row1 = std::max(row1, row);

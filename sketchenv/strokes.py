@@ -254,11 +254,15 @@ def _restrict(control: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def _bernstein(t: Tensor, degree: int) -> Tensor:
-    """Bernstein basis ``[..., degree + 1]`` at parameters ``t``."""
-    j = torch.arange(degree + 1, dtype=t.dtype, device=t.device)
-    binomial = torch.tensor([math.comb(degree, i) for i in range(degree + 1)], dtype=t.dtype)
-    t = t[..., None]
-    return binomial.to(t.device) * t**j * (1 - t) ** (degree - j)
+    """Bernstein basis ``[..., degree + 1]`` at parameters ``t`` (powers by products: a
+    tensor exponent would call pow per element)."""
+    t, s = t[..., None], 1 - t[..., None]
+    t_powers, s_powers = [torch.ones_like(t)], [torch.ones_like(t)]
+    for _ in range(degree):
+        t_powers.append(t_powers[-1] * t)
+        s_powers.append(s_powers[-1] * s)
+    terms = [math.comb(degree, i) * t_powers[i] * s_powers[degree - i] for i in range(degree + 1)]
+    return torch.cat(terms, dim=-1)
 
 
 def strokes_used(strokes: Tensor, stroke_format: StrokeFormat) -> Tensor:
