@@ -23,8 +23,9 @@ The second table ("primitives") draws each `--primitive` (line, quadratic or cub
 curves, or all three) at 100 × 20 × 96²: every control point uniform in [-1, 1], no width,
 opacity or colour option, the default curve tolerance (0.1 σ). It prints ours against the
 naive reference for the same primitive, and ours for a curve against ours for lines with the
-same stroke count. The naive reference keeps every (sketch, stroke, chord, pixel) term (a
-cubic here has ~56 chords), so for curves it runs on `--naive-curve-sketches` sketches and is
+same stroke count; ours runs in `--rounds` processes per primitive taking turns and the
+median round is reported. The naive reference keeps every (sketch, stroke, chord, pixel) term (a
+cubic here has ~24 chords), so for curves it runs on `--naive-curve-sketches` sketches and is
 scaled (its chord count is that smaller batch's largest, which only flatters it).
 At 100 × 50 × 224² the naive reference needs far more memory than a shared machine should
 give it, so by default it runs on fewer sketches and its figures are scaled linearly (marked
@@ -161,7 +162,11 @@ def settings_table(args) -> None:
 
 
 def primitives_table(args) -> None:
-    """Per primitive at PRIMITIVE_SETTING: ours against naive, and ours against ours-for-lines."""
+    """Per primitive at PRIMITIVE_SETTING: ours against naive, and ours against ours-for-lines.
+
+    Ours is measured in `--rounds` fresh processes per primitive, taking turns (line,
+    quadratic, cubic, line, ...), and the median round is reported, so a spell of load on the
+    machine falls on every primitive alike instead of on one ratio."""
     sketches, strokes, size = (10, 20, 64) if args.quick else PRIMITIVE_SETTING
     primitives = PRIMITIVES if args.primitive == "all" else (args.primitive,)
     if "line" not in primitives:
@@ -171,28 +176,38 @@ def primitives_table(args) -> None:
         f"\nprimitives: {label}, forward+backward, control points uniform in [-1, 1], "
         "no width/opacity/colour option"
     )
-    header = f"{'primitive':<22}{'implementation':<16}{'wall ms':>10}{'cpu ms':>10}{'peak MiB':>10}"
-    print(header + f"{'× faster (wall/cpu)':>22}{'× less memory':>15}{'÷ ours line':>14}")
-    ours = {}
+    naive = {}
     for primitive in primitives:
         naive_sketches = sketches
         if primitive != "line" and not args.naive_full:
             naive_sketches = min(sketches, args.naive_curve_sketches)
-        naive = _scaled(
+        naive[primitive] = _scaled(
             measure("naive", naive_sketches, strokes, size, args.repeats, args.threads, primitive),
             sketches / naive_sketches,
         )
-        ours[primitive] = measure(
-            "ours", sketches, strokes, size, args.repeats, args.threads, primitive
-        )
-        print(_row(primitive, "naive", naive), flush=True)
-        line = _row(primitive, "ours", ours[primitive]) + _ratios(naive, ours[primitive])
-        base = ours["line"]
+    rounds = {primitive: [] for primitive in primitives}
+    for _ in range(args.rounds):
+        for primitive in primitives:
+            rounds[primitive].append(
+                measure("ours", sketches, strokes, size, args.repeats, args.threads, primitive)
+            )
+    ours = {p: sorted(r, key=lambda m: m["wall_ms"])[len(r) // 2] for p, r in rounds.items()}
+    header = f"{'primitive':<22}{'implementation':<16}{'wall ms':>10}{'cpu ms':>10}{'peak MiB':>10}"
+    print(header + f"{'× faster (wall/cpu)':>22}{'× less memory':>15}{'÷ ours line':>14}")
+    base = ours["line"]
+    for primitive in primitives:
+        print(_row(primitive, "naive", naive[primitive]))
+        line = _row(primitive, "ours", ours[primitive]) + _ratios(naive[primitive], ours[primitive])
         line += f"{ours[primitive]['wall_ms'] / base['wall_ms']:>8.2f} / "
         line += f"{ours[primitive]['cpu_ms'] / base['cpu_ms']:.2f}"
-        print(line, flush=True)
+        print(line)
+    spread = ", ".join(
+        f"{p} {min(m['wall_ms'] for m in r):.1f}–{max(m['wall_ms'] for m in r):.1f}"
+        for p, r in rounds.items()
+    )
     print(
-        f"threads: {ours['line']['threads']}; * = naive measured on fewer sketches, scaled; "
+        f"threads: {base['threads']}; * = naive measured on fewer sketches, scaled; "
+        f"ours = median of {args.rounds} rounds taking turns (wall ms per round: {spread}); "
         "÷ ours line = wall / cpu time of ours for this primitive over ours for lines"
     )
 
@@ -225,6 +240,9 @@ def main() -> None:
         "--naive-curve-sketches", type=int, default=5, help="naive batch for curves"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="processes per primitive for ours, taking turns"
+    )
     parser.add_argument(
         "--primitive", choices=[*PRIMITIVES, "all"], default="all", help="primitives table"
     )
