@@ -271,9 +271,11 @@ struct Chords {
       }
       return;
     }
-    runs.clear();
-    int64_t row0 = H, row1 = -1;
+    // At most one run per chord and row: sized once (it only grows), filled by index so the
+    // loop below stays free of calls.
     const int64_t last = int64_t(segment.size()) - 1;
+    if (int64_t(runs.size()) < (last + 1) * H) runs.resize((last + 1) * H);
+    int64_t row0 = H, row1 = -1, n_runs = 0;
     for (int64_t k = 0; k <= last; ++k) {
       const T* a = points + 2 * first_point[k];
       const bool dot = segment[k].dot != T(0);  // a dot keeps its whole disc
@@ -283,18 +285,18 @@ struct Chords {
       for (int64_t row = f.row0; row <= f.row1; ++row) {
         int64_t c0, c1;
         if (!columns(f, double(canvas.py[row]), W, c0, c1)) continue;
-        runs.push_back({row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock});
+        runs[n_runs++] = {row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock};
         row0 = std::min(row0, row);
         row1 = std::max(row1, row);
       }
     }
-    if (runs.empty()) return;
+    if (n_runs == 0) return;
     // Counting sort by row; stable, so each row's runs stay in chord order.
     start.assign(row1 - row0 + 2, 0);
-    for (const Run& run : runs) ++start[run.row - row0 + 1];
+    for (int64_t j = 0; j < n_runs; ++j) ++start[runs[j].row - row0 + 1];
     for (int64_t r = 1; r < int64_t(start.size()); ++r) start[r] += start[r - 1];
-    by_row.resize(runs.size());
-    for (const Run& run : runs) by_row[start[run.row - row0]++] = run;
+    if (int64_t(by_row.size()) < n_runs) by_row.resize(runs.size());
+    for (int64_t j = 0; j < n_runs; ++j) by_row[start[runs[j].row - row0]++] = runs[j];
     for (int64_t r = int64_t(start.size()) - 1; r > 0; --r) start[r] = start[r - 1];
     start[0] = 0;
     for (int64_t row = row0; row <= row1; ++row) {
