@@ -198,7 +198,7 @@ struct Canvas {
 
 // A chord's run of blocks on one row: columns [begin, end) of kept chord `chord`.
 struct Run {
-  int64_t row, chord, begin, end;
+  int64_t chord, begin, end;
 };
 
 // One stroke's polyline, split into its chords, and per row the runs of the chords that reach
@@ -209,8 +209,8 @@ template <typename T>
 struct Chords {
   std::vector<Segment<T>> segment;  // the kept chords
   std::vector<int64_t> first_point;  // polyline index of each kept chord's first point
-  std::vector<Run> runs, by_row;
-  std::vector<int64_t> start;  // runs of row r: by_row[start[r - row0], start[r - row0 + 1])
+  std::vector<Run> table;      // the runs of row r: table[r * chords + j] for j < filled[r]
+  std::vector<int64_t> filled;
 
   // Keeps chord 0 and every chord that is not a dot or follows one that is not: a dot after a
   // dot is the same point (the padding of a curve repeats its end), whose distance equals the
@@ -265,49 +265,43 @@ struct Chords {
       for (int64_t row = f.row0; row <= f.row1; ++row) {
         int64_t c0, c1;
         if (columns(f, double(canvas.py[row]), W, c0, c1)) {
-          const Run run{row, 0, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock};
+          const Run run{0, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock};
           body(row, &run, int64_t(1), run.begin, run.end);
         }
       }
       return;
     }
-    // At most one run per chord and row: sized once (it only grows), filled by index so the
-    // loop below stays free of calls.
-    const int64_t last = int64_t(segment.size()) - 1;
-    if (int64_t(runs.size()) < (last + 1) * H) runs.resize((last + 1) * H);
-    int64_t row0 = H, row1 = -1, n_runs = 0;
-    for (int64_t k = 0; k <= last; ++k) {
+    // At most one run per chord and row, filled straight into its row's slots (in chord
+    // order) of a table sized once: the loop below stays free of calls.
+    const int64_t n_chords = int64_t(segment.size());
+    if (int64_t(table.size()) < n_chords * H) table.resize(n_chords * H);
+    filled.assign(H, 0);
+    int64_t row0 = H, row1 = -1;
+    for (int64_t k = 0; k < n_chords; ++k) {
       const T* a = points + 2 * first_point[k];
       const bool dot = segment[k].dot != T(0);  // a dot keeps its whole disc
       const Footprint f = dot ? footprint(a, radius, H, W)
                               : footprint(a, radius, H, W, -start_reach(k, radius),
                                           1.0 + end_reach(k, radius));
+      row0 = std::min(row0, f.row0);
+      row1 = std::max(row1, f.row1);
       for (int64_t row = f.row0; row <= f.row1; ++row) {
         int64_t c0, c1;
-        if (!columns(f, double(canvas.py[row]), W, c0, c1)) continue;
-        runs[n_runs++] = {row, k, c0 / kBlock * kBlock, (c1 / kBlock + 1) * kBlock};
-        row0 = std::min(row0, row);
-        row1 = std::max(row1, row);
+        if (columns(f, double(canvas.py[row]), W, c0, c1))
+          table[row * n_chords + filled[row]++] = {k, c0 / kBlock * kBlock,
+                                                   (c1 / kBlock + 1) * kBlock};
       }
     }
-    if (n_runs == 0) return;
-    // Counting sort by row; stable, so each row's runs stay in chord order.
-    start.assign(row1 - row0 + 2, 0);
-    for (int64_t j = 0; j < n_runs; ++j) ++start[runs[j].row - row0 + 1];
-    for (int64_t r = 1; r < int64_t(start.size()); ++r) start[r] += start[r - 1];
-    if (int64_t(by_row.size()) < n_runs) by_row.resize(runs.size());
-    for (int64_t j = 0; j < n_runs; ++j) by_row[start[runs[j].row - row0]++] = runs[j];
-    for (int64_t r = int64_t(start.size()) - 1; r > 0; --r) start[r] = start[r - 1];
-    start[0] = 0;
     for (int64_t row = row0; row <= row1; ++row) {
-      const int64_t first = start[row - row0], count = start[row - row0 + 1] - first;
+      const int64_t count = filled[row];
       if (count == 0) continue;
-      int64_t begin = by_row[first].begin, end = by_row[first].end;
-      for (int64_t k = first + 1; k < first + count; ++k) {
-        begin = std::min(begin, by_row[k].begin);
-        end = std::max(end, by_row[k].end);
+      const Run* runs = table.data() + row * n_chords;
+      int64_t begin = runs[0].begin, end = runs[0].end;
+      for (int64_t k = 1; k < count; ++k) {
+        begin = std::min(begin, runs[k].begin);
+        end = std::max(end, runs[k].end);
       }
-      body(row, by_row.data() + first, count, begin, end);
+      body(row, runs, count, begin, end);
     }
   }
 };
@@ -320,11 +314,13 @@ void nearest(const Chords<T>& chords, const Run* runs, int64_t count, int64_t be
   for (int64_t k = 0; k < count; ++k) {
     const Segment<T> s = chords.segment[runs[k].chord];  // a copy: no aliasing
     const T uy = y - s.y0;
+    for (int64_t block = runs[k].begin; block < runs[k].end; block += kBlock) {
 #pragma omp simd
-    for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
-      T t, ex, ey;
-      const T d = distance2(s, x[c] - s.x0, uy, t, ex, ey);
-      d2[c] = d < d2[c] ? d : d2[c];
+      for (int64_t c = block; c < block + kBlock; ++c) {
+        T t, ex, ey;
+        const T d = distance2(s, x[c] - s.x0, uy, t, ex, ey);
+        d2[c] = d < d2[c] ? d : d2[c];
+      }
     }
   }
 }
@@ -337,25 +333,25 @@ struct Nearest {
 
   void compute(const Chords<T>& chords, const Run* runs, int64_t count, int64_t begin,
                int64_t end, const T* x, T y) {
+    // t, ex and ey are only read where `chord` names a chord, which sets them first.
     std::fill(d2.begin() + begin, d2.begin() + end, std::numeric_limits<T>::infinity());
-    std::fill(t.begin() + begin, t.begin() + end, T(0));
-    std::fill(ex.begin() + begin, ex.begin() + end, T(0));
-    std::fill(ey.begin() + begin, ey.begin() + end, T(0));
     std::fill(chord.begin() + begin, chord.begin() + end, T(-1));
     T *D = d2.data(), *TT = t.data(), *EX = ex.data(), *EY = ey.data(), *CH = chord.data();
     for (int64_t k = 0; k < count; ++k) {
       const Segment<T> s = chords.segment[runs[k].chord];  // a copy: no aliasing
       const T uy = y - s.y0, index = T(runs[k].chord);
+      for (int64_t block = runs[k].begin; block < runs[k].end; block += kBlock) {
 #pragma omp simd
-      for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
-        T tc, exc, eyc;
-        const T d = distance2(s, x[c] - s.x0, uy, tc, exc, eyc);
-        const bool closer = d < D[c];
-        D[c] = closer ? d : D[c];
-        TT[c] = closer ? tc : TT[c];
-        EX[c] = closer ? exc : EX[c];
-        EY[c] = closer ? eyc : EY[c];
-        CH[c] = closer ? index : CH[c];
+        for (int64_t c = block; c < block + kBlock; ++c) {
+          T tc, exc, eyc;
+          const T d = distance2(s, x[c] - s.x0, uy, tc, exc, eyc);
+          const bool closer = d < D[c];
+          D[c] = closer ? d : D[c];
+          TT[c] = closer ? tc : TT[c];
+          EX[c] = closer ? exc : EX[c];
+          EY[c] = closer ? eyc : EY[c];
+          CH[c] = closer ? index : CH[c];
+        }
       }
     }
   }
@@ -426,18 +422,22 @@ void forward(const T* points, const T* style, int64_t batch, int64_t n, int64_t 
           if (count == 1) {  // one chord reaches the row: its distance directly
             const Segment<T> seg = chords.segment[runs[0].chord];  // a copy: no aliasing
             const T uy = py[row] - seg.y0;
+            for (int64_t block = begin; block < end; block += kBlock) {
 #pragma omp simd
-            for (int64_t c = begin; c < end; ++c) {
-              T t, ex, ey;
-              const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
-              deposit<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c);
+              for (int64_t c = block; c < block + kBlock; ++c) {
+                T t, ex, ey;
+                const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
+                deposit<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c);
+              }
             }
           } else {
             nearest(chords, runs, count, begin, end, x, py[row], d2.data());
             const T* D = d2.data();
+            for (int64_t block = begin; block < end; block += kBlock) {
 #pragma omp simd
-            for (int64_t c = begin; c < end; ++c)
-              deposit<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c);
+              for (int64_t c = block; c < block + kBlock; ++c)
+                deposit<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c);
+            }
           }
         });
       }
@@ -545,6 +545,10 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
   {
     Chords<T> chords;
     Nearest<T> near(S);
+    // Partial sums kept per block lane and added up once per stroke (a horizontal sum per run
+    // would cost more than a short run): 4 per kept chord (d loss / d its two end points) and
+    // 5 for the style (width, opacity, colour).
+    std::vector<T> chord_lanes(4 * kBlock * (P - 1)), style_lanes(5 * kBlock);
     std::vector<double> point_sums(2 * P);
     std::vector<T> padded(channels * H * S);  // the gradient, zero in the padding
     std::vector<T> replay(colour ? 5 * H * S : 0);  // below (3), prefix, zeros
@@ -567,8 +571,9 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
         const T* s = points + (b * n + i) * P * 2;
         const Style<T> stroke_style(style + (b * n + i) * 5, sigma2);
         chords.split(s, P);
-        std::fill(point_sums.begin(), point_sums.end(), 0.0);
-        double style_sums[5] = {0, 0, 0, 0, 0};  // per-row partial sums are added in double
+        const int64_t n_chords = int64_t(chords.segment.size());
+        std::fill(chord_lanes.begin(), chord_lanes.begin() + 4 * kBlock * n_chords, T(0));
+        std::fill(style_lanes.begin(), style_lanes.end(), T(0));
         chords.visit(canvas, s, radius * double(style[(b * n + i) * 5]),
                      [&](int64_t row, const Run* runs, int64_t count, int64_t begin,
                          int64_t end) {
@@ -586,70 +591,77 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
                                  colour ? rp + (3 * H + row) * S : nullptr,
                                  colour ? rp + (4 * H + row) * S : nullptr};
           const T* x = canvas.px.data();
-          T sw = 0, so = 0, s0 = 0, s1 = 0, s2 = 0;
+          T* sl = style_lanes.data();
           if (count == 1) {  // one chord reaches the row: its geometry directly
             const Segment<T> seg = chords.segment[runs[0].chord];  // a copy: no aliasing
             const T uy = py[row] - seg.y0;
-            T rax = 0, ray = 0, rbx = 0, rby = 0;
-#pragma omp simd reduction(+ : rax, ray, rbx, rby, sw, so, s0, s1, s2)
-            for (int64_t c = begin; c < end; ++c) {
-              T t, ex, ey;
-              const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
-              const T gc = chain<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c, sw, so,
-                                                       s0, s1, s2);
-              const T gx = gc * ex, gy = gc * ey;
-              rax += gx * (T(1) - t);
-              ray += gy * (T(1) - t);
-              rbx += gx * t;
-              rby += gy * t;
+            T* acc = chord_lanes.data() + 4 * kBlock * runs[0].chord;
+            for (int64_t block = begin; block < end; block += kBlock) {
+#pragma omp simd
+              for (int64_t l = 0; l < kBlock; ++l) {
+                const int64_t c = block + l;
+                T t, ex, ey;
+                const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
+                const T gc = chain<T, KERNEL, COMPOSITE>(
+                    d, st, inv_temperature, p, c, sl[l], sl[kBlock + l], sl[2 * kBlock + l],
+                    sl[3 * kBlock + l], sl[4 * kBlock + l]);
+                const T gx = gc * ex, gy = gc * ey;
+                acc[l] += gx * (T(1) - t);
+                acc[kBlock + l] += gy * (T(1) - t);
+                acc[2 * kBlock + l] += gx * t;
+                acc[3 * kBlock + l] += gy * t;
+              }
             }
-            double* sums = point_sums.data() + 2 * chords.first_point[runs[0].chord];
-            sums[0] += rax;
-            sums[1] += ray;
-            sums[2] += rbx;
-            sums[3] += rby;
-          } else {
-            near.compute(chords, runs, count, begin, end, x, py[row]);
-            const T* D = near.d2.data();
-            T *EX = near.ex.data(), *EY = near.ey.data();
-#pragma omp simd reduction(+ : sw, so, s0, s1, s2)
-            for (int64_t c = begin; c < end; ++c) {
-              const T gc = chain<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c, sw,
-                                                       so, s0, s1, s2);
+            return;
+          }
+          near.compute(chords, runs, count, begin, end, x, py[row]);
+          const T* D = near.d2.data();
+          T *EX = near.ex.data(), *EY = near.ey.data();
+          for (int64_t block = begin; block < end; block += kBlock) {
+#pragma omp simd
+            for (int64_t l = 0; l < kBlock; ++l) {
+              const int64_t c = block + l;
+              const T gc = chain<T, KERNEL, COMPOSITE>(
+                  D[c], st, inv_temperature, p, c, sl[l], sl[kBlock + l], sl[2 * kBlock + l],
+                  sl[3 * kBlock + l], sl[4 * kBlock + l]);
               EX[c] = gc * EX[c];  // now d loss / d closest point
               EY[c] = gc * EY[c];
             }
-            // Each pixel's share goes to the ends of its closest chord, run by run.
-            const T *TT = near.t.data(), *CH = near.chord.data();
-            for (int64_t k = 0; k < count; ++k) {
-              const T index = T(runs[k].chord);
-              T rax = 0, ray = 0, rbx = 0, rby = 0;
-#pragma omp simd reduction(+ : rax, ray, rbx, rby)
-              for (int64_t c = runs[k].begin; c < runs[k].end; ++c) {
+          }
+          // Each pixel's share goes to the ends of its closest chord, run by run.
+          const T *TT = near.t.data(), *CH = near.chord.data();
+          for (int64_t k = 0; k < count; ++k) {
+            const T index = T(runs[k].chord);
+            T* acc = chord_lanes.data() + 4 * kBlock * runs[k].chord;
+            for (int64_t block = runs[k].begin; block < runs[k].end; block += kBlock) {
+#pragma omp simd
+              for (int64_t l = 0; l < kBlock; ++l) {
+                const int64_t c = block + l;
                 const bool mine = CH[c] == index;
                 const T t = TT[c];
-                rax += mine ? EX[c] * (T(1) - t) : T(0);
-                ray += mine ? EY[c] * (T(1) - t) : T(0);
-                rbx += mine ? EX[c] * t : T(0);
-                rby += mine ? EY[c] * t : T(0);
+                acc[l] += mine ? EX[c] * (T(1) - t) : T(0);
+                acc[kBlock + l] += mine ? EY[c] * (T(1) - t) : T(0);
+                acc[2 * kBlock + l] += mine ? EX[c] * t : T(0);
+                acc[3 * kBlock + l] += mine ? EY[c] * t : T(0);
               }
-              double* sums = point_sums.data() + 2 * chords.first_point[runs[k].chord];
-              sums[0] += rax;
-              sums[1] += ray;
-              sums[2] += rbx;
-              sums[3] += rby;
             }
           }
-          style_sums[0] += sw;
-          style_sums[1] += so;
-          style_sums[2] += s0;
-          style_sums[3] += s1;
-          style_sums[4] += s2;
         });
+        // The lanes' sums, in double: a chord's b end is the next chord's a end.
+        std::fill(point_sums.begin(), point_sums.end(), 0.0);
+        for (int64_t k = 0; k < n_chords; ++k) {
+          double* sums = point_sums.data() + 2 * chords.first_point[k];
+          for (int64_t q = 0; q < 4; ++q)
+            for (int64_t l = 0; l < kBlock; ++l) sums[q] += chord_lanes[(4 * k + q) * kBlock + l];
+        }
         T* gp = grad_points + (b * n + i) * P * 2;
         for (int64_t j = 0; j < 2 * P; ++j) gp[j] = T(point_sums[j]);
         T* gs = grad_style + (b * n + i) * 5;
-        for (int64_t j = 0; j < 5; ++j) gs[j] = T(style_sums[j]);
+        for (int64_t q = 0; q < 5; ++q) {
+          double sum = 0.0;
+          for (int64_t l = 0; l < kBlock; ++l) sum += style_lanes[q * kBlock + l];
+          gs[q] = T(sum);
+        }
       }
     }
   }

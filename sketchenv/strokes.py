@@ -187,13 +187,17 @@ def polyline(points: Tensor, tolerance: float | Tensor, max_segments: int = 64) 
         return points
     counts = chord_counts(points.detach(), tolerance, max_segments)  # [..., n, L]
     pieces = counts.shape[-1]
-    ends = counts.cumsum(-1)  # index of each piece's last point
-    index = torch.arange(int(ends[..., -1].max()) + 1, dtype=points.dtype, device=points.device)
-    piece = (index[:, None] >= ends[..., None, :]).sum(-1).clamp(max=pieces - 1)  # [..., n, K+1]
-    k = counts.gather(-1, piece)
-    start = (ends - counts).gather(-1, piece)
-    t = ((piece + (index - start).clamp(max=k) / k) / pieces).clamp(max=1)
-    return _bernstein(t, m - 1) @ points
+    starts = counts.cumsum(-1) - counts  # index of each piece's first point
+    index = torch.arange(int((starts + counts)[..., -1].max()) + 1, dtype=points.dtype)
+    index = index.to(points.device)
+    # t = (full pieces before a point + its share of its own piece) / pieces, as [..., n, K + 1]
+    # tensors: broadcasting small trailing dimensions is slow on CPU.
+    t = sum(
+        torch.minimum((index - starts[..., i, None]).clamp(min=0), counts[..., i, None])
+        / counts[..., i, None]
+        for i in range(pieces)
+    )
+    return _bezier(points, t / pieces)
 
 
 def _pieces(points: Tensor) -> int:
@@ -253,16 +257,19 @@ def _restrict(control: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.stack(restricted, dim=-2)
 
 
-def _bernstein(t: Tensor, degree: int) -> Tensor:
-    """Bernstein basis ``[..., degree + 1]`` at parameters ``t`` (powers by products: a
-    tensor exponent would call pow per element)."""
-    t, s = t[..., None], 1 - t[..., None]
+def _bezier(points: Tensor, t: Tensor) -> Tensor:
+    """Points ``[..., K, 2]`` at parameters ``t`` ``[..., K]`` on the Bézier curves ``[..., m,
+    2]``, in Bernstein form (exact at t = 0 and 1, the ends), one coordinate at a time."""
+    degree = points.shape[-2] - 1
+    s = 1 - t
     t_powers, s_powers = [torch.ones_like(t)], [torch.ones_like(t)]
-    for _ in range(degree):
+    for _ in range(degree):  # powers by products: a tensor exponent would call pow
         t_powers.append(t_powers[-1] * t)
         s_powers.append(s_powers[-1] * s)
-    terms = [math.comb(degree, i) * t_powers[i] * s_powers[degree - i] for i in range(degree + 1)]
-    return torch.cat(terms, dim=-1)
+    basis = [math.comb(degree, i) * t_powers[i] * s_powers[degree - i] for i in range(degree + 1)]
+    return torch.stack(
+        [sum(b * points[..., i, xy, None] for i, b in enumerate(basis)) for xy in (0, 1)], dim=-1
+    )
 
 
 def strokes_used(strokes: Tensor, stroke_format: StrokeFormat) -> Tensor:
