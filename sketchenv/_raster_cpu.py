@@ -3,8 +3,8 @@
 The kernel walks each stroke over only the pixels where its ink can exceed the cut-off
 (`cutoff_d2`, chosen by the caller so that the skipped ink is below float precision): a band
 around the segment, row by row, in aligned 8-pixel blocks that vectorise. A chord of a curve's
-polyline only visits where it can be the closest chord (its slab and the wedge at its end). Forward keeps two
-per-pixel aggregates; backward recomputes each stroke's pixels from them, so nothing of size
+polyline only visits where it can be the closest chord (its slab and the wedge at its end).
+Forward keeps two per-pixel aggregates; backward recomputes each stroke's pixels from them, so nothing of size
 sketches × strokes × pixels ever exists.
 
 It is plain C++ without Python or torch headers (builds in about two seconds) called through
@@ -209,7 +209,7 @@ template <typename T>
 struct Chords {
   std::vector<Segment<T>> segment;  // the kept chords
   std::vector<int64_t> first_point;  // polyline index of each kept chord's first point
-  std::vector<Run> table;      // the runs of row r: table[r * chords + j] for j < filled[r]
+  std::vector<Run> table;  // the runs of row r: table[r * kept chords + j] for j < filled[r]
   std::vector<int64_t> filled;
 
   // Keeps chord 0 and every chord that is not a dot or follows one that is not: a dot after a
