@@ -4,8 +4,8 @@ The kernel walks each stroke over only the pixels where its ink can exceed the c
 (`cutoff_d2`, chosen by the caller so that the skipped ink is below float precision): a band
 around the segment, row by row, in aligned 8-pixel blocks that vectorise. A chord of a curve's
 polyline only visits where it can be the closest chord (its slab and the wedge at its end).
-Forward keeps two per-pixel aggregates; backward recomputes each stroke's pixels from them, so nothing of size
-sketches × strokes × pixels ever exists.
+Forward keeps two per-pixel aggregates; backward recomputes each stroke's pixels from them, so
+nothing of size sketches × strokes × pixels ever exists.
 
 It is plain C++ without Python or torch headers (builds in about two seconds) called through
 ctypes, which releases the GIL. Sketches are shared out with OpenMP, which resolves to the
@@ -333,7 +333,7 @@ struct Nearest {
 
   void compute(const Chords<T>& chords, const Run* runs, int64_t count, int64_t begin,
                int64_t end, const T* x, T y) {
-    // t, ex and ey are only read where `chord` names a chord, which sets them first.
+    // t, ex and ey count only where `chord` names a chord, which sets them first.
     std::fill(d2.begin() + begin, d2.begin() + end, std::numeric_limits<T>::infinity());
     std::fill(chord.begin() + begin, chord.begin() + end, T(-1));
     T *D = d2.data(), *TT = t.data(), *EX = ex.data(), *EY = ey.data(), *CH = chord.data();
