@@ -516,19 +516,31 @@ INLINE T grad_of_ink(T r, const Style<T>& st, T inv_temperature, const BackwardR
 }
 
 // At pixel c with squared distance d2: the gradient's factor g_c of the offset e (d loss / d
-// closest point = g_c e), adding the width and opacity terms (as `_ink_gradients`).
+// closest point = g_c e), adding the width, opacity and colour terms (as `_ink_gradients`) to
+// lane l of the style sums `lanes` (width, opacity, colour: kBlock each).
 template <typename T, int KERNEL, int COMPOSITE>
 INLINE T chain(T d2, const Style<T>& st, T inv_temperature, const BackwardRow<T>& p, int64_t c,
-               T& sw, T& so, T& s0, T& s1, T& s2) {
+               T* lanes, int64_t l) {
   const T z = std::min(d2 * st.inv_s, T(kMaxZ));
   const T k = kernel_of<T, KERNEL>(z);
   const T r = st.opacity * k;
-  const T grad_r = grad_of_ink<T, COMPOSITE>(r, st, inv_temperature, p, c, s0, s1, s2);
+  const T grad_r = grad_of_ink<T, COMPOSITE>(r, st, inv_temperature, p, c, lanes[2 * kBlock + l],
+                                             lanes[3 * kBlock + l], lanes[4 * kBlock + l]);
   const T dk = KERNEL == KERNEL_EXP ? k : k * (T(1) - T(0.5) * k);  // dk / d(-z)
   const T dr = grad_r * st.opacity * dk;
-  sw += dr * (T(2) * z) * st.inv_width;  // dz/dw = -2 z / w
-  so += grad_r * k;
+  lanes[l] += dr * (T(2) * z) * st.inv_width;  // dz/dw = -2 z / w
+  lanes[kBlock + l] += grad_r * k;
   return dr * st.two_inv_s;
+}
+
+// Adds a pixel's d loss / d closest point (gx, gy), at parameter t of its chord, to lane l of
+// that chord's sums for its two ends (kBlock each: a.x, a.y, b.x, b.y).
+template <typename T>
+INLINE void add_to_ends(T* acc, int64_t l, T gx, T gy, T t) {
+  acc[l] += gx * (T(1) - t);
+  acc[kBlock + l] += gy * (T(1) - t);
+  acc[2 * kBlock + l] += gx * t;
+  acc[3 * kBlock + l] += gy * t;
 }
 
 template <typename T, int KERNEL, int COMPOSITE>
@@ -602,14 +614,8 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
                 const int64_t c = block + l;
                 T t, ex, ey;
                 const T d = distance2(seg, x[c] - seg.x0, uy, t, ex, ey);
-                const T gc = chain<T, KERNEL, COMPOSITE>(
-                    d, st, inv_temperature, p, c, sl[l], sl[kBlock + l], sl[2 * kBlock + l],
-                    sl[3 * kBlock + l], sl[4 * kBlock + l]);
-                const T gx = gc * ex, gy = gc * ey;
-                acc[l] += gx * (T(1) - t);
-                acc[kBlock + l] += gy * (T(1) - t);
-                acc[2 * kBlock + l] += gx * t;
-                acc[3 * kBlock + l] += gy * t;
+                const T gc = chain<T, KERNEL, COMPOSITE>(d, st, inv_temperature, p, c, sl, l);
+                add_to_ends(acc, l, gc * ex, gc * ey, t);
               }
             }
             return;
@@ -621,9 +627,7 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
 #pragma omp simd
             for (int64_t l = 0; l < kBlock; ++l) {
               const int64_t c = block + l;
-              const T gc = chain<T, KERNEL, COMPOSITE>(
-                  D[c], st, inv_temperature, p, c, sl[l], sl[kBlock + l], sl[2 * kBlock + l],
-                  sl[3 * kBlock + l], sl[4 * kBlock + l]);
+              const T gc = chain<T, KERNEL, COMPOSITE>(D[c], st, inv_temperature, p, c, sl, l);
               EX[c] = gc * EX[c];  // now d loss / d closest point
               EY[c] = gc * EY[c];
             }
@@ -638,11 +642,7 @@ void backward(const T* points, const T* style, int64_t batch, int64_t n, int64_t
               for (int64_t l = 0; l < kBlock; ++l) {
                 const int64_t c = block + l;
                 const bool mine = CH[c] == index;
-                const T t = TT[c];
-                acc[l] += mine ? EX[c] * (T(1) - t) : T(0);
-                acc[kBlock + l] += mine ? EY[c] * (T(1) - t) : T(0);
-                acc[2 * kBlock + l] += mine ? EX[c] * t : T(0);
-                acc[3 * kBlock + l] += mine ? EY[c] * t : T(0);
+                add_to_ends(acc, l, mine ? EX[c] : T(0), mine ? EY[c] : T(0), TT[c]);
               }
             }
           }

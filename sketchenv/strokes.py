@@ -188,8 +188,7 @@ def polyline(points: Tensor, tolerance: float | Tensor, max_segments: int = 64) 
     counts = chord_counts(points.detach(), tolerance, max_segments)  # [..., n, L]
     pieces = counts.shape[-1]
     starts = counts.cumsum(-1) - counts  # index of each piece's first point
-    index = torch.arange(int((starts + counts)[..., -1].max()) + 1, dtype=points.dtype)
-    index = index.to(points.device)
+    index = torch.arange(int(counts.sum(-1).max()) + 1, dtype=points.dtype, device=points.device)
     # t = (full pieces before a point + its share of its own piece) / pieces, as [..., n, K + 1]
     # tensors: broadcasting small trailing dimensions is slow on CPU.
     t = sum(
