@@ -166,7 +166,8 @@ def test_a_double_submission_is_recorded_once(tmp_path, run):
 
 def bad_requests(token: str, other: str) -> list[tuple[str, str, str, object, int]]:
     """(name, method, path, body, expected status): hostile or broken requests."""
-    game = f"/api/participants/{token}/games/0"
+    games = f"/api/participants/{token}/games"
+    game = f"{games}/0"
     right = {"choice": 1, "response_time": 1.0}
     guess = other[:-1] + ("B" if other[-1] == "A" else "A")  # one character from another's
     return [
@@ -193,9 +194,9 @@ def bad_requests(token: str, other: str) -> list[tuple[str, str, str, object, in
         ("unknown token", "POST", game.replace(token, "A" * 22), right, 404),
         ("malformed token", "GET", "/api/participants/..%2F..%2Fetc", None, 404),
         ("SQL in the token", "GET", "/api/participants/x'%20OR%20'1'='1", None, 404),
-        ("a game not open yet", "POST", game.replace("/0", "/1"), right, 409),
-        ("a game past the end", "GET", game.replace("/0", "/3"), None, 404),
-        ("a negative game", "GET", game.replace("/0", "/-1"), None, 404),
+        ("a game not open yet", "POST", f"{games}/1", right, 409),
+        ("a game past the end", "GET", f"{games}/3", None, 404),
+        ("a negative game", "GET", f"{games}/-1", None, 404),
         ("a guessed token", "POST", f"/api/participants/{guess}/games/0", right, 404),
         ("a replayed answer", "POST", f"/api/participants/{other}/games/0", right, 409),
         ("asking for the target", "GET", f"/api/participants/{token}/target", None, 404),
